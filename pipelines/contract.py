@@ -1,0 +1,201 @@
+"""The data contract between preprocessing and everything that reads its output.
+
+A preprocessing run writes, under its output directory::
+
+    OUT/train/data-SSSSS-of-NNNNN.tfrecord[.gz]   tf.Example records, one per clip
+    OUT/val/...    OUT/test/...
+    OUT/labels.txt                                 one label per line; line number = index
+    OUT/metadata.json                              format version, shapes, counts, settings
+    OUT/rejected/rejected-SSSSS-of-NNNNN.jsonl     {"path": ..., "reason": ...} per bad input
+
+This module owns the feature names, shapes and dtypes, and keeps `serialize_example`
+and `parse_example` side by side so the two can never drift apart. Serialization is
+plain Python (no TensorFlow import), so Beam workers start fast; parsing is TensorFlow,
+because the trainer reads records through `tf.data`.
+
+The spectrogram is stored as the raw little-endian float32 bytes of the (124, 129)
+array: building a `FloatList` of 15,996 values costs milliseconds per example, copying
+64 KB of bytes costs microseconds. `parse_example` turns it back into float32.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import numpy as np
+
+FORMAT_VERSION = 1
+
+# Audio and STFT parameters: those of TensorFlow's "Simple audio recognition" tutorial.
+SAMPLE_RATE = 16_000
+CLIP_SAMPLES = 16_000
+FRAME_LENGTH = 255
+FRAME_STEP = 128
+FFT_LENGTH = 256
+NUM_FRAMES = 1 + (CLIP_SAMPLES - FRAME_LENGTH) // FRAME_STEP  # 124
+NUM_BINS = FFT_LENGTH // 2 + 1  # 129
+SPECTROGRAM_SHAPE = (NUM_FRAMES, NUM_BINS)
+
+# Feature names.
+SPECTROGRAM = "spectrogram"
+LABEL = "label"
+LABEL_NAME = "label_name"
+SPEAKER = "speaker"
+PATH = "path"
+NUM_SAMPLES = "num_samples"
+
+# Splits and file layout.
+TRAIN, VAL, TEST = "train", "val", "test"
+SPLITS = (TRAIN, VAL, TEST)
+SHARD_PREFIX = "data"
+SHARD_SUFFIX = ".tfrecord"
+GZIP_SUFFIX = ".gz"
+LABELS_FILE = "labels.txt"
+METADATA_FILE = "metadata.json"
+REJECTED_DIR = "rejected"
+BACKGROUND_NOISE_DIR = "_background_noise_"
+BACKGROUND_FILE = "background.npy"
+
+
+def shard_pattern(output_dir: str, split: str) -> str:
+    """Glob that matches every shard of one split, compressed or not."""
+    return f"{output_dir.rstrip('/')}/{split}/{SHARD_PREFIX}-*-of-*{SHARD_SUFFIX}*"
+
+
+# --- serialization (plain Python, no TensorFlow) -----------------------------------
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    value &= (1 << 64) - 1  # int64 fields are encoded as two's complement uint64
+    while True:
+        bits = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _bytes_feature(value: bytes) -> bytes:
+    # Feature.bytes_list (1) -> BytesList.value (1)
+    return _field(1, _field(1, value))
+
+
+def _int64_feature(value: int) -> bytes:
+    # Feature.int64_list (3) -> Int64List.value (1, packed)
+    return _field(3, _field(1, _varint(int(value))))
+
+
+def _map_entry(key: str, feature: bytes) -> bytes:
+    # Features.feature (1) is map<string, Feature>: entry {key = 1; value = 2}
+    return _field(1, _field(1, key.encode()) + _field(2, feature))
+
+
+def serialize_example(spectrogram: np.ndarray, label: int, label_name: str,
+                      speaker: str, path: str, num_samples: int) -> bytes:
+    """Encodes one clip as a serialized `tf.train.Example`.
+
+    Args:
+      spectrogram: float32 array of shape SPECTROGRAM_SHAPE.
+      label: index of `label_name` in labels.txt.
+      label_name: the label's text.
+      speaker: speaker id parsed from the file name.
+      path: the source file.
+      num_samples: clip length in samples (at 16 kHz) before padding or truncation.
+
+    Returns:
+      The wire-format bytes of a tf.train.Example, readable by `parse_example`.
+    """
+    spectrogram = np.asarray(spectrogram, dtype="<f4")
+    if spectrogram.shape != SPECTROGRAM_SHAPE:
+        raise ValueError(f"spectrogram shape {spectrogram.shape} != {SPECTROGRAM_SHAPE}")
+    features = b"".join([
+        _map_entry(SPECTROGRAM, _bytes_feature(spectrogram.tobytes())),
+        _map_entry(LABEL, _int64_feature(label)),
+        _map_entry(LABEL_NAME, _bytes_feature(label_name.encode())),
+        _map_entry(SPEAKER, _bytes_feature(speaker.encode())),
+        _map_entry(PATH, _bytes_feature(path.encode())),
+        _map_entry(NUM_SAMPLES, _int64_feature(num_samples)),
+    ])
+    return _field(1, features)  # Example.features (1)
+
+
+# --- parsing (TensorFlow, for tf.data) ---------------------------------------------
+
+def feature_spec() -> dict:
+    """The `tf.io.parse_example` spec of the records."""
+    import tensorflow as tf
+    return {
+        SPECTROGRAM: tf.io.FixedLenFeature([], tf.string),
+        LABEL: tf.io.FixedLenFeature([], tf.int64),
+        LABEL_NAME: tf.io.FixedLenFeature([], tf.string),
+        SPEAKER: tf.io.FixedLenFeature([], tf.string),
+        PATH: tf.io.FixedLenFeature([], tf.string),
+        NUM_SAMPLES: tf.io.FixedLenFeature([], tf.int64),
+    }
+
+
+def parse_example(serialized) -> dict:
+    """Parses one serialized example (a scalar string tensor) into tensors.
+
+    Returns:
+      A dict with the feature names as keys; `spectrogram` is float32 (124, 129).
+    """
+    import tensorflow as tf
+    parsed = tf.io.parse_single_example(serialized, feature_spec())
+    spectrogram = tf.io.decode_raw(parsed[SPECTROGRAM], tf.float32, little_endian=True)
+    parsed[SPECTROGRAM] = tf.reshape(spectrogram, SPECTROGRAM_SHAPE)
+    return parsed
+
+
+def parse_batch(serialized) -> dict:
+    """Like `parse_example` for a 1-D batch of serialized examples (faster in tf.data)."""
+    import tensorflow as tf
+    parsed = tf.io.parse_example(serialized, feature_spec())
+    spectrogram = tf.io.decode_raw(parsed[SPECTROGRAM], tf.float32, little_endian=True)
+    parsed[SPECTROGRAM] = tf.reshape(spectrogram, (-1,) + SPECTROGRAM_SHAPE)
+    return parsed
+
+
+# --- labels and metadata ------------------------------------------------------------
+
+def format_labels(labels: list[str]) -> str:
+    return "".join(f"{label}\n" for label in labels)
+
+
+def parse_labels(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def stft_metadata() -> dict[str, Any]:
+    return {
+        "sample_rate": SAMPLE_RATE,
+        "clip_samples": CLIP_SAMPLES,
+        "frame_length": FRAME_LENGTH,
+        "frame_step": FRAME_STEP,
+        "fft_length": FFT_LENGTH,
+        "window": "tf.signal.hann_window(255, periodic=True)",
+        "spectrogram_shape": list(SPECTROGRAM_SHAPE),
+        "spectrogram_encoding": "raw little-endian float32 bytes",
+    }
+
+
+def check_metadata(metadata: Mapping[str, Any]) -> None:
+    """Raises ValueError when a metadata.json was written by an incompatible version."""
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"format version {version!r}, this code reads {FORMAT_VERSION}")
+    if tuple(metadata.get("spectrogram_shape", ())) != SPECTROGRAM_SHAPE:
+        raise ValueError(f"spectrogram shape {metadata.get('spectrogram_shape')}, "
+                         f"expected {list(SPECTROGRAM_SHAPE)}")
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
