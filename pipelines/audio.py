@@ -12,6 +12,7 @@ a band-limited resampler with a proper anti-aliasing filter.
 from __future__ import annotations
 
 import io
+from typing import NamedTuple
 
 import numpy as np
 import soundfile
@@ -100,7 +101,15 @@ def spectrogram(waveform: np.ndarray) -> np.ndarray:
     return np.abs(np.fft.rfft(frames, n=contract.FFT_LENGTH, axis=-1)).astype(np.float32)
 
 
-def featurize(data: bytes) -> tuple[np.ndarray, int]:
-    """WAV bytes to (spectrogram, number of samples before padding)."""
+class Clip(NamedTuple):
+    """A decoded clip: the padded one-second waveform, its spectrogram, its length."""
+    waveform: np.ndarray
+    spectrogram: np.ndarray
+    num_samples: int
+
+
+def featurize(data: bytes) -> Clip:
+    """WAV bytes to a Clip (raises AudioError with the reason when it cannot)."""
     waveform = decode_wav(data)
-    return spectrogram(waveform), int(waveform.shape[0])
+    padded = pad_or_trim(waveform)
+    return Clip(padded, spectrogram(padded), int(waveform.shape[0]))

@@ -44,6 +44,7 @@ LABEL_NAME = "label_name"
 SPEAKER = "speaker"
 PATH = "path"
 NUM_SAMPLES = "num_samples"
+WAVEFORM = "waveform"  # the padded one-second clip; lets the trainer augment in the audio domain
 
 # Splits and file layout.
 TRAIN, VAL, TEST = "train", "val", "test"
@@ -54,8 +55,8 @@ GZIP_SUFFIX = ".gz"
 LABELS_FILE = "labels.txt"
 METADATA_FILE = "metadata.json"
 REJECTED_DIR = "rejected"
-BACKGROUND_NOISE_DIR = "_background_noise_"
-BACKGROUND_FILE = "background.npy"
+BACKGROUND_NOISE_DIR = "_background_noise_"  # input folder of long noise recordings
+BACKGROUND = "background"  # output folder: one record per noise recording, for augmentation
 
 
 def shard_pattern(output_dir: str, split: str) -> str:
@@ -99,7 +100,8 @@ def _map_entry(key: str, feature: bytes) -> bytes:
 
 
 def serialize_example(spectrogram: np.ndarray, label: int, label_name: str,
-                      speaker: str, path: str, num_samples: int) -> bytes:
+                      speaker: str, path: str, num_samples: int,
+                      waveform: np.ndarray | None = None) -> bytes:
     """Encodes one clip as a serialized `tf.train.Example`.
 
     Args:
@@ -109,6 +111,7 @@ def serialize_example(spectrogram: np.ndarray, label: int, label_name: str,
       speaker: speaker id parsed from the file name.
       path: the source file.
       num_samples: clip length in samples (at 16 kHz) before padding or truncation.
+      waveform: optional float32 array of CLIP_SAMPLES samples (the padded clip).
 
     Returns:
       The wire-format bytes of a tf.train.Example, readable by `parse_example`.
@@ -116,15 +119,30 @@ def serialize_example(spectrogram: np.ndarray, label: int, label_name: str,
     spectrogram = np.asarray(spectrogram, dtype="<f4")
     if spectrogram.shape != SPECTROGRAM_SHAPE:
         raise ValueError(f"spectrogram shape {spectrogram.shape} != {SPECTROGRAM_SHAPE}")
-    features = b"".join([
+    entries = [
         _map_entry(SPECTROGRAM, _bytes_feature(spectrogram.tobytes())),
         _map_entry(LABEL, _int64_feature(label)),
         _map_entry(LABEL_NAME, _bytes_feature(label_name.encode())),
         _map_entry(SPEAKER, _bytes_feature(speaker.encode())),
         _map_entry(PATH, _bytes_feature(path.encode())),
         _map_entry(NUM_SAMPLES, _int64_feature(num_samples)),
-    ])
-    return _field(1, features)  # Example.features (1)
+    ]
+    if waveform is not None:
+        waveform = np.asarray(waveform, dtype="<f4")
+        if waveform.shape != (CLIP_SAMPLES,):
+            raise ValueError(f"waveform shape {waveform.shape} != ({CLIP_SAMPLES},)")
+        entries.append(_map_entry(WAVEFORM, _bytes_feature(waveform.tobytes())))
+    return _field(1, b"".join(entries))  # Example.features (1)
+
+
+def serialize_background(waveform: np.ndarray, path: str) -> bytes:
+    """Encodes one background-noise recording (any length, 16 kHz float32)."""
+    waveform = np.asarray(waveform, dtype="<f4").reshape(-1)
+    return _field(1, b"".join([
+        _map_entry(WAVEFORM, _bytes_feature(waveform.tobytes())),
+        _map_entry(PATH, _bytes_feature(path.encode())),
+        _map_entry(NUM_SAMPLES, _int64_feature(waveform.shape[0])),
+    ]))
 
 
 # --- parsing (TensorFlow, for tf.data) ---------------------------------------------
@@ -139,29 +157,60 @@ def feature_spec() -> dict:
         SPEAKER: tf.io.FixedLenFeature([], tf.string),
         PATH: tf.io.FixedLenFeature([], tf.string),
         NUM_SAMPLES: tf.io.FixedLenFeature([], tf.int64),
+        # Optional: runs made with --no-waveforms leave it out (parsed as b"").
+        WAVEFORM: tf.io.FixedLenFeature([], tf.string, default_value=b""),
     }
 
 
-def parse_example(serialized) -> dict:
+def parse_example(serialized, waveform: bool = False) -> dict:
     """Parses one serialized example (a scalar string tensor) into tensors.
 
+    Args:
+      serialized: scalar string tensor.
+      waveform: also decode the stored waveform (the run must have been made with it).
+
     Returns:
-      A dict with the feature names as keys; `spectrogram` is float32 (124, 129).
+      A dict with the feature names as keys; `spectrogram` is float32 (124, 129),
+      `waveform` (if asked for) float32 (16000,).
     """
     import tensorflow as tf
     parsed = tf.io.parse_single_example(serialized, feature_spec())
     spectrogram = tf.io.decode_raw(parsed[SPECTROGRAM], tf.float32, little_endian=True)
     parsed[SPECTROGRAM] = tf.reshape(spectrogram, SPECTROGRAM_SHAPE)
+    raw = parsed.pop(WAVEFORM)
+    if waveform:
+        parsed[WAVEFORM] = tf.reshape(tf.io.decode_raw(raw, tf.float32, little_endian=True),
+                                      (CLIP_SAMPLES,))
     return parsed
 
 
-def parse_batch(serialized) -> dict:
+def parse_batch(serialized, waveform: bool = False) -> dict:
     """Like `parse_example` for a 1-D batch of serialized examples (faster in tf.data)."""
     import tensorflow as tf
     parsed = tf.io.parse_example(serialized, feature_spec())
     spectrogram = tf.io.decode_raw(parsed[SPECTROGRAM], tf.float32, little_endian=True)
     parsed[SPECTROGRAM] = tf.reshape(spectrogram, (-1,) + SPECTROGRAM_SHAPE)
+    raw = parsed.pop(WAVEFORM)
+    if waveform:
+        parsed[WAVEFORM] = tf.reshape(tf.io.decode_raw(raw, tf.float32, little_endian=True),
+                                      (-1, CLIP_SAMPLES))
     return parsed
+
+
+def parse_background(serialized) -> dict:
+    """Parses a `serialize_background` record: `waveform` float32 (n,), `path`."""
+    import tensorflow as tf
+    parsed = tf.io.parse_single_example(serialized, {
+        WAVEFORM: tf.io.FixedLenFeature([], tf.string),
+        PATH: tf.io.FixedLenFeature([], tf.string),
+        NUM_SAMPLES: tf.io.FixedLenFeature([], tf.int64),
+    })
+    parsed[WAVEFORM] = tf.io.decode_raw(parsed[WAVEFORM], tf.float32, little_endian=True)
+    return parsed
+
+
+def background_pattern(output_dir: str) -> str:
+    return f"{output_dir.rstrip('/')}/{BACKGROUND}/{SHARD_PREFIX}-*-of-*{SHARD_SUFFIX}*"
 
 
 # --- labels and metadata ------------------------------------------------------------

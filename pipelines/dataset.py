@@ -22,6 +22,7 @@ DEFAULT_SPLIT_SALT = "kws-split-v1"
 _NOHASH = re.compile(r"_nohash_.*$")
 _SPEAKER_ID = re.compile(r"^[0-9a-f]{8}$")
 
+BACKGROUND_REASON = "background noise"
 SPLIT_SPEAKER = "speaker"
 SPLIT_RANDOM = "random"
 
@@ -55,6 +56,8 @@ def classify(path: str, data_dir: str, wanted: Optional[Iterable[str]] = None) -
     folder, name = parts
     if not name.lower().endswith(".wav"):
         return Entry(None, "not a .wav file")
+    if folder == contract.BACKGROUND_NOISE_DIR:
+        return Entry(None, BACKGROUND_REASON)
     if wanted is not None:
         if folder not in set(wanted):
             return Entry(None, "label not selected")

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-percent", type=float, default=10.0)
     parser.add_argument("--num-shards", type=int, default=0,
                         help="shards per split (0: chosen by the runner)")
+    parser.add_argument("--waveforms", action=argparse.BooleanOptionalAction, default=True,
+                        help="also store each padded waveform (for audio-domain "
+                             "augmentation in training; --no-waveforms halves the size)")
     parser.add_argument("--compression", choices=["none", "gzip"], default="none")
     parser.add_argument("--max-rejected-fraction", type=float,
                         default=DEFAULT_MAX_REJECTED_FRACTION,
@@ -103,7 +106,7 @@ def run_outputs(output_dir: str) -> list[str]:
     base = output_dir.rstrip("/")
     patterns = [f"{base}/{contract.METADATA_FILE}", f"{base}/{contract.LABELS_FILE}",
                 f"{base}/{contract.REJECTED_DIR}/*"]
-    patterns += [f"{base}/{split}/*" for split in contract.SPLITS]
+    patterns += [f"{base}/{split}/*" for split in contract.SPLITS + (contract.BACKGROUND,)]
     return [meta.path for result in FileSystems.match(patterns)
             for meta in result.metadata_list]
 
@@ -134,7 +137,7 @@ class WriteMetadata(beam.DoFn):
         self._path = path
         self._static = static
 
-    def process(self, _, examples, rejected, skipped, shards):
+    def process(self, _, examples, rejected, skipped, background, shards, background_shards):
         per_split = {split: {} for split in contract.SPLITS}
         for (split, label), count in examples.items():
             per_split[split][label] = count
@@ -148,8 +151,11 @@ class WriteMetadata(beam.DoFn):
             "rejected_by_reason": dict(sorted(rejected.items())),
             "skipped": sum(skipped.values()),
             "skipped_by_reason": dict(sorted(skipped.items())),
-            "files_read": written + sum(rejected.values()) + sum(skipped.values()),
+            "background_recordings": background,
+            "files_read": (written + background + sum(rejected.values())
+                           + sum(skipped.values())),
             "shards": sorted(shards),
+            "background_shards": sorted(background_shards) if background else [],
         })
         write_text(self._path, contract.dumps(metadata))
         yield self._path
@@ -173,8 +179,9 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, labels: li
                | "List" >> transforms.MatchPatterns([f"{base}/*", f"{base}/*/*"])
                | "Featurize" >> beam.ParDo(transforms.FeaturizeFile(
                    args.data_dir, labels, args.split, args.seed, args.val_percent,
-                   args.test_percent, wanted, args.split_salt)).with_outputs(
-                       transforms.REJECTED, transforms.SKIPPED, main="examples"))
+                   args.test_percent, wanted, args.split_salt, args.waveforms)).with_outputs(
+                       transforms.REJECTED, transforms.SKIPPED, transforms.BACKGROUND,
+                       main="examples"))
 
     by_split = results.examples | "Route" >> beam.Partition(
         lambda example, _: contract.SPLITS.index(example[0]), len(contract.SPLITS))
@@ -187,6 +194,12 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, labels: li
             | f"Write{title}" >> beam.io.WriteToTFRecord(
                 f"{out}/{split}/{contract.SHARD_PREFIX}", file_name_suffix=suffix,
                 num_shards=args.num_shards, compression_type=compression))
+    background = (results.background
+                  | "WriteBackground" >> beam.io.WriteToTFRecord(
+                      f"{out}/{contract.BACKGROUND}/{contract.SHARD_PREFIX}",
+                      file_name_suffix=contract.SHARD_SUFFIX, num_shards=1))
+    background_count = (results.background
+                        | "CountBackground" >> beam.combiners.Count.Globally())
     (results.rejected
      | "WriteRejected" >> beam.io.WriteToText(
          f"{out}/{contract.REJECTED_DIR}/rejected", file_name_suffix=".jsonl"))
@@ -206,7 +219,9 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, labels: li
          examples=beam.pvalue.AsDict(example_counts),
          rejected=beam.pvalue.AsDict(rejected_counts),
          skipped=beam.pvalue.AsDict(skipped_counts),
-         shards=beam.pvalue.AsList(shard_files)))
+         background=beam.pvalue.AsSingleton(background_count),
+         shards=beam.pvalue.AsList(shard_files),
+         background_shards=beam.pvalue.AsList(background)))
 
 
 def summary_table(metadata: dict) -> str:
@@ -224,6 +239,7 @@ def summary_table(metadata: dict) -> str:
         f"{counts[split]['total']:>8}" for split in contract.SPLITS))
     lines.append("")
     lines.append(f"files read {metadata['files_read']} = examples {metadata['examples_written']}"
+                 f" + background noise {metadata['background_recordings']}"
                  f" + rejected {metadata['rejected']} + skipped {metadata['skipped']}")
     for title, key in (("rejected", "rejected_by_reason"), ("skipped", "skipped_by_reason")):
         for reason, count in metadata[key].items():
@@ -255,6 +271,7 @@ def run(argv: Optional[list[str]] = None) -> dict:
                   "salt": args.split_salt if args.split == dataset.SPLIT_SPEAKER else None,
                   "seed": args.seed if args.split == dataset.SPLIT_RANDOM else None},
         "compression": args.compression,
+        "waveforms": args.waveforms,
         "command_line": "python -m pipelines.preprocess " + " ".join(
             argv if argv is not None else sys.argv[1:]),
     }

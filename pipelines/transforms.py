@@ -18,6 +18,7 @@ from pipelines import audio, contract, dataset
 
 REJECTED = "rejected"
 SKIPPED = "skipped"
+BACKGROUND = "background"
 
 
 def rejection(path: str, reason: str) -> str:
@@ -45,12 +46,13 @@ class FeaturizeFile(beam.DoFn):
 
     Files that are not clips go to the `skipped` output as a reason string; clips that
     cannot be decoded go to `rejected` as a JSON line naming the path and the reason.
+    Recordings in `_background_noise_` go, decoded whole, to the `background` output.
     """
 
     def __init__(self, data_dir: str, labels: list[str], split: str, seed: int,
                  val_percent: float, test_percent: float,
                  wanted: Optional[list[str]] = None,
-                 salt: str = dataset.DEFAULT_SPLIT_SALT):
+                 salt: str = dataset.DEFAULT_SPLIT_SALT, waveforms: bool = True):
         self._data_dir = data_dir
         self._labels = list(labels)
         self._split = split
@@ -59,6 +61,7 @@ class FeaturizeFile(beam.DoFn):
         self._test_percent = test_percent
         self._wanted = wanted
         self._salt = salt
+        self._waveforms = waveforms
         self._index = {}
         self._read = Metrics.counter("preprocess", "files_read")
         self._written = Metrics.counter("preprocess", "examples")
@@ -75,15 +78,27 @@ class FeaturizeFile(beam.DoFn):
         return dataset.split_for_speaker(speaker, self._val_percent, self._test_percent,
                                          self._salt)
 
+    def _background(self, path: str):
+        try:
+            waveform = audio.decode_wav(read_bytes(path))
+        except (audio.AudioError, IOError, OSError) as error:
+            self._rejected.inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, rejection(path, str(error)))
+            return
+        yield beam.pvalue.TaggedOutput(BACKGROUND, contract.serialize_background(waveform, path))
+
     def process(self, path: str):
         self._read.inc()
         entry = dataset.classify(path, self._data_dir, self._wanted)
+        if entry.skip_reason == dataset.BACKGROUND_REASON:
+            yield from self._background(path)
+            return
         if entry.label is None or entry.label not in self._index:
             self._skipped.inc()
             yield beam.pvalue.TaggedOutput(SKIPPED, entry.skip_reason or "label not listed")
             return
         try:
-            spectrogram, num_samples = audio.featurize(read_bytes(path))
+            clip = audio.featurize(read_bytes(path))
         except audio.AudioError as error:
             self._rejected.inc()
             yield beam.pvalue.TaggedOutput(REJECTED, rejection(path, str(error)))
@@ -95,5 +110,6 @@ class FeaturizeFile(beam.DoFn):
         speaker = dataset.speaker_id(path)
         self._written.inc()
         yield (self._split_of(path, speaker), entry.label,
-               contract.serialize_example(spectrogram, self._index[entry.label],
-                                          entry.label, speaker, path, num_samples))
+               contract.serialize_example(
+                   clip.spectrogram, self._index[entry.label], entry.label, speaker, path,
+                   clip.num_samples, clip.waveform if self._waveforms else None))
