@@ -1,0 +1,191 @@
+"""The trainer: in-graph features, streaming input, the tutorial model, a whole run."""
+
+import json
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipelines import audio, contract, preprocess
+from tests import wavs
+from trainer import data, evaluate, features, model, predict, recipes, task
+
+LABELS = ["no", "up", "yes"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = wavs.copy_sample(tmp_path_factory.mktemp("wav") / "data", LABELS, per_label=10)
+    out = tmp_path_factory.mktemp("prep") / "out"
+    # A per-file split keeps val and test non-empty on so few speakers.
+    preprocess.run(["--data-dir", str(root), "--output-dir", str(out), "--split", "random",
+                    "--val-percent", "20", "--test-percent", "20", "--num-shards", "2"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def job_dir(data_dir, tmp_path_factory):
+    job = tmp_path_factory.mktemp("job") / "job"
+    task.run(["--data-dir", str(data_dir), "--job-dir", str(job), "--model", "tutorial",
+              "--epochs", "2", "--verbose", "0"])
+    return job
+
+
+def test_in_graph_stft_equals_the_pipelines_spectrogram():
+    clips = [wavs.read_clip(p)[0] for p in wavs.sample_clips("left", 3)]
+    for clip in clips + [clips[0][:9000], np.concatenate([clips[1], clips[2]])]:
+        ours = features.stft_magnitude(tf.constant(clip[None, :])).numpy()[0]
+        np.testing.assert_allclose(ours, audio.spectrogram(clip), atol=1e-4)
+
+
+def test_tutorial_model_has_the_tutorials_parameter_count():
+    assert model.build_model("tutorial", 8).count_params() == 1_625_611
+
+
+def test_dataset_streams_batches_with_declared_cardinality(data_dir):
+    metadata = data.read_metadata(str(data_dir))
+    size = metadata["counts"]["train"]["total"]
+    files = data.shard_files(str(data_dir), "train")
+    dataset = data.make_dataset(files, 4, True, seed=1, num_examples=size)
+    assert int(dataset.cardinality()) == -(-size // 4)
+    batches = list(dataset)
+    assert sum(int(b[1].shape[0]) for b in batches) == size
+    assert batches[0][0].shape[1:] == contract.SPECTROGRAM_SHAPE
+    waves = next(iter(data.make_dataset(files, 2, False, waveform=True)))[0]
+    assert waves.shape == (2, contract.CLIP_SAMPLES)
+
+
+def test_corrupt_shard_is_named(data_dir, tmp_path):
+    files = data.shard_files(str(data_dir), "train")
+    broken = tmp_path / "data-00000-of-00001.tfrecord"
+    content = pathlib.Path(files[0]).read_bytes()
+    broken.write_bytes(content[:100] + b"\x00" * 50 + content[150:])
+    with pytest.raises(data.UserError, match=f"{broken}: corrupt TFRecord shard"):
+        data.guard_corruption([files[-1], str(broken)], lambda: list(
+            data.make_dataset([files[-1], str(broken)], 8, False)))
+
+
+def test_training_run_leaves_every_artifact(job_dir, data_dir):
+    for name in ["model.keras", "export/saved_model.pb", "export/labels.txt", "labels.txt",
+                 "metrics.json", "history.json", "curves.png", "confusion_matrix.png",
+                 "waveforms.png", "spectrograms.png", "prediction.png", "report.html"]:
+        assert (job_dir / name).exists(), name
+    metrics = json.loads((job_dir / "metrics.json").read_text())
+    assert metrics["parameters"] == model.build_model("tutorial", 3).count_params()
+    assert 0 <= metrics["test_accuracy"] <= 1
+    assert set(metrics["per_class"]) == set(LABELS)
+    assert np.array(metrics["confusion_matrix"]).sum() == metrics["counts"]["test"]
+    history = json.loads((job_dir / "history.json").read_text())
+    assert len(history["loss"]) == len(history["val_accuracy"]) == 2
+    assert "Test accuracy" in (job_dir / "report.html").read_text() or \
+        f"{metrics['test_accuracy']:.3f}" in (job_dir / "report.html").read_text()
+
+
+def test_export_signatures_agree_and_match_the_keras_model(job_dir):
+    loaded = tf.saved_model.load(str(job_dir / "export"))
+    keras_model = tf.keras.models.load_model(job_dir / "model.keras")
+    clip = wavs.read_clip(wavs.sample_clips("up", 1)[0])[0]
+    spectrogram = audio.spectrogram(clip)[None]
+    record = contract.serialize_example(spectrogram[0], 0, "up", "s", "p", len(clip))
+    by_wave = loaded.signatures["serving_default"](waveform=tf.constant(clip[None]))
+    by_spec = loaded.signatures["spectrogram"](spectrogram=tf.constant(spectrogram))
+    by_example = loaded.signatures["examples"](examples=tf.constant([record]))
+    expected = tf.nn.softmax(keras_model(spectrogram, training=False)).numpy()
+    for outputs in (by_wave, by_spec, by_example):
+        np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-4)
+        assert outputs["labels"].numpy()[0].decode() == LABELS[int(expected.argmax())]
+
+
+def test_predict_reports_good_files_and_names_bad_ones(job_dir, tmp_path, capsys):
+    good = [str(p) for p in wavs.sample_clips("yes", 2)]
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF....WAVEjunk")
+    code = predict.main(["--model-dir", str(job_dir), "--json", "--top-k", "2",
+                         good[0], str(bad), good[1], "--plot", str(tmp_path / "p.png")])
+    captured = capsys.readouterr()
+    assert code == 1
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert [line["path"] for line in lines] == good
+    assert all(len(line["top_k"]) == 2 and line["label"] in LABELS for line in lines)
+    assert abs(sum(lines[0]["probabilities"].values()) - 1) < 1e-5
+    assert f"{bad}: unreadable WAV" in captured.err
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_predict_and_evaluate_refuse_wrong_directories(job_dir, data_dir, tmp_path, capsys):
+    clip = str(wavs.sample_clips("yes", 1)[0])
+    assert predict.main(["--model-dir", str(tmp_path), clip]) == 2
+    assert "no exported model here" in capsys.readouterr().err
+    assert evaluate.main(["--data-dir", str(data_dir), "--job-dir", str(tmp_path)]) == 2
+    assert "not a training job directory" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "labels.txt").write_text("a\nb\n")
+    assert evaluate.main(["--data-dir", str(other), "--job-dir", str(job_dir)]) == 2
+    assert "differ from the model's" in capsys.readouterr().err
+
+
+def test_evaluate_matches_the_training_runs_test_metrics(job_dir, data_dir):
+    metrics = evaluate.run(["--data-dir", str(data_dir), "--job-dir", str(job_dir)])
+    trained = json.loads((job_dir / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == pytest.approx(trained["test_accuracy"])
+    assert metrics["confusion_matrix"] == trained["confusion_matrix"]
+
+
+class DivergingRecipe(recipes.Recipe):
+    """The tutorial recipe with a loss that diverges after a few steps."""
+
+    def compile(self, net, train_size):
+        step = tf.Variable(0.0, trainable=False)
+
+        def loss(labels, logits):
+            step.assign_add(1.0)
+            plain = tf.keras.losses.sparse_categorical_crossentropy(labels, logits, True)
+            return tf.reduce_mean(plain) * tf.where(step > 2, np.nan, 1.0)
+
+        net.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
+
+
+def test_nan_loss_stops_with_a_clear_message(data_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(recipes.RECIPES, "diverging", DivergingRecipe())
+    monkeypatch.setitem(model.BUILDERS, "diverging", model.build_tutorial)
+    code = task.main(["--data-dir", str(data_dir), "--job-dir", str(tmp_path / "j"),
+                      "--model", "diverging", "--epochs", "3", "--verbose", "0",
+                      "--no-report"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(err) == 1
+    assert re.fullmatch(r"error: training stopped: the loss became NaN or infinite in epoch "
+                        r"[1-3] \(try a lower --learning-rate\)", err[0])
+    assert not (tmp_path / "j" / "model.keras").exists()
+
+
+def test_killed_run_resumes_from_its_last_epoch(data_dir, tmp_path):
+    job = tmp_path / "job"
+    command = [sys.executable, "-m", "trainer.task", "--data-dir", str(data_dir),
+               "--job-dir", str(job), "--model", "tutorial", "--epochs", "40",
+               "--verbose", "0", "--no-report"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    history = job / task.HISTORY_CSV
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        rows = history.read_text().splitlines() if history.exists() else []
+        if len(rows) >= 3 and (job / "checkpoints" / "training_metadata.json").exists():
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = len(task.read_history(str(job))["loss"])
+    assert 2 <= done < 40
+    resumed = subprocess.run(command[:-1] + ["--epochs", str(done + 1), "--no-report"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Resuming from the backup" in resumed.stdout
+    history = task.read_history(str(job))
+    assert len(history["loss"]) == done + 1  # one more epoch, not a fresh start

@@ -1,0 +1,56 @@
+"""Loading what a training run left in its job directory, with clear errors."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from pipelines import contract
+from pipelines.errors import UserError, first_line
+from trainer import export, model as _models  # noqa: F401  (registers custom layers)
+
+
+def read_model_labels(job_dir: str) -> list[str]:
+    for path in (f"{job_dir}/{contract.LABELS_FILE}",
+                 f"{job_dir}/{export.EXPORT_DIR}/{contract.LABELS_FILE}"):
+        if tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path, "r") as handle:
+                return contract.parse_labels(handle.read())
+    raise UserError(f"{job_dir}: not a training job directory ({contract.LABELS_FILE} "
+                    "missing; train with python -m trainer.task first)")
+
+
+def load_keras_model(job_dir: str) -> keras.Model:
+    path = f"{job_dir.rstrip('/')}/model.keras"
+    if not tf.io.gfile.exists(path):
+        raise UserError(f"{job_dir}: not a training job directory (model.keras missing)")
+    try:
+        return keras.models.load_model(path)
+    except Exception as error:  # pylint: disable=broad-except  # keras raises many kinds
+        raise UserError(f"{path}: cannot load the model ({first_line(error)})") from None
+
+
+def export_dir_of(model_dir: str) -> str:
+    """The SavedModel directory: MODEL_DIR/export, or MODEL_DIR itself if it is one."""
+    model_dir = model_dir.rstrip("/")
+    for candidate in (f"{model_dir}/{export.EXPORT_DIR}", model_dir):
+        if tf.io.gfile.exists(f"{candidate}/saved_model.pb"):
+            return candidate
+    if not tf.io.gfile.exists(model_dir):
+        raise UserError(f"{model_dir}: model directory not found")
+    raise UserError(f"{model_dir}: no exported model here (expected {export.EXPORT_DIR}/"
+                    "saved_model.pb from python -m trainer.task)")
+
+
+def load_serving_model(model_dir: str):
+    """The exported SavedModel; checks it has this project's signatures."""
+    path = export_dir_of(model_dir)
+    try:
+        loaded = tf.saved_model.load(path)
+    except Exception as error:  # pylint: disable=broad-except
+        raise UserError(f"{path}: cannot load the SavedModel ({first_line(error)})") from None
+    missing = [name for name in export.SIGNATURES if name not in loaded.signatures]
+    if missing:
+        raise UserError(f"{path}: not a keyword model export (no signature "
+                        f"{', '.join(missing)})")
+    return loaded

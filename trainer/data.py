@@ -1,0 +1,133 @@
+"""Streams a preprocessing run's TFRecords through tf.data.
+
+Shards are read interleaved, parsed in parallel a batch at a time, shuffled through a
+bounded buffer and prefetched: memory stays flat however large the data set is.
+Everything goes through tf.io.gfile, so OUT may be local, gs:// or a /gcs/ mount.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Callable, Optional
+
+import tensorflow as tf
+
+from pipelines import contract
+from pipelines.errors import UserError
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _read(path: str) -> str:
+    with tf.io.gfile.GFile(path, "r") as handle:
+        return handle.read()
+
+
+def read_labels(data_dir: str) -> list[str]:
+    """The labels of a preprocessing run, in index order."""
+    path = f"{data_dir.rstrip('/')}/{contract.LABELS_FILE}"
+    if not tf.io.gfile.exists(path):
+        raise UserError(f"{data_dir}: not a preprocessing output ({contract.LABELS_FILE} "
+                        "missing; run python -m pipelines.preprocess first)")
+    labels = contract.parse_labels(_read(path))
+    if len(labels) < 2:
+        raise UserError(f"{path}: needs at least two labels, found {len(labels)}")
+    return labels
+
+
+def read_metadata(data_dir: str) -> dict:
+    """metadata.json of a preprocessing run, checked against this code's format."""
+    path = f"{data_dir.rstrip('/')}/{contract.METADATA_FILE}"
+    if not tf.io.gfile.exists(path):
+        raise UserError(f"{data_dir}: {contract.METADATA_FILE} missing (incomplete "
+                        "preprocessing run?)")
+    try:
+        metadata = json.loads(_read(path))
+        contract.check_metadata(metadata)
+    except (ValueError, KeyError) as error:
+        raise UserError(f"{path}: {error}") from None
+    return metadata
+
+
+def shard_files(data_dir: str, split: str) -> list[str]:
+    """The shards of one split; UserError when there are none."""
+    files = sorted(tf.io.gfile.glob(contract.shard_pattern(data_dir, split)))
+    if not files:
+        raise UserError(f"{data_dir}/{split}: no TFRecord shards")
+    return files
+
+
+def split_size(metadata: dict, split: str) -> int:
+    return int(metadata["counts"][split]["total"])
+
+
+def _compression(files: list[str]) -> str:
+    return "GZIP" if files[0].endswith(contract.GZIP_SUFFIX) else ""
+
+
+def make_dataset(files: list[str], batch_size: int, shuffle: bool, *,
+                 seed: Optional[int] = None, waveform: bool = False,
+                 shuffle_buffer: int = 4096, num_examples: Optional[int] = None,
+                 keep_features: bool = False) -> tf.data.Dataset:
+    """Batches of (spectrogram, label) from TFRecord shards.
+
+    Args:
+      files: shard paths (see `shard_files`).
+      batch_size: examples per batch.
+      shuffle: shuffle shard order and examples (training); off gives a fixed order.
+      seed: shuffle seed.
+      waveform: yield (waveform, label) instead, for audio-domain augmentation.
+      shuffle_buffer: examples held for shuffling (the only data kept in memory).
+      num_examples: if known (metadata), declared as the cardinality so progress bars
+        know the epoch length.
+      keep_features: yield the whole parsed feature dict instead of a pair.
+
+    Returns:
+      A tf.data.Dataset.
+    """
+    compression = _compression(files)
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.interleave(
+        lambda path: tf.data.TFRecordDataset(path, compression_type=compression),
+        cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE,
+        deterministic=not shuffle)
+    if shuffle:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    key = contract.WAVEFORM if waveform else contract.SPECTROGRAM
+
+    def parse(serialized):
+        parsed = contract.parse_batch(serialized, waveform=waveform)
+        return parsed if keep_features else (parsed[key], parsed[contract.LABEL])
+
+    dataset = dataset.map(parse, num_parallel_calls=AUTOTUNE, deterministic=not shuffle)
+    if num_examples is not None:
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(
+            math.ceil(num_examples / batch_size)))
+    return dataset.prefetch(AUTOTUNE)
+
+
+def find_corrupt_shard(files: list[str]) -> Optional[str]:
+    """The first shard that fails to read, with the reason (called after a DataLossError)."""
+    compression = _compression(files)
+    for path in files:
+        try:
+            for _ in tf.data.TFRecordDataset(path, compression_type=compression):
+                pass
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+            return f"{path}: corrupt TFRecord shard ({error.message.splitlines()[0]})"
+    return None
+
+
+def guard_corruption(files: list[str], step: Callable[[], object]):
+    """Runs `step`; a corrupt record becomes a UserError naming the shard."""
+    try:
+        return step()
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
+        where = find_corrupt_shard(files)
+        if where is None:
+            raise
+        raise UserError(where) from None

@@ -1,0 +1,57 @@
+"""Model architectures, by name: `build_model("tutorial", ...)`.
+
+`tutorial` is exactly the CNN of TensorFlow's "Simple audio recognition" tutorial
+(1,625,611 parameters for eight labels). Every model takes the stored STFT magnitude,
+float32 [batch, 124, 129], and returns logits.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+from pipelines import contract
+
+TUTORIAL = "tutorial"
+
+
+def build_tutorial(num_labels: int, train_spectrograms: Optional[tf.data.Dataset] = None,
+                   **_) -> keras.Model:
+    """The tutorial's CNN; its Normalization layer is adapted on `train_spectrograms`.
+
+    Args:
+      num_labels: number of output classes.
+      train_spectrograms: dataset of [batch, 124, 129] training spectrograms, streamed
+        once to adapt the normalisation (mean and variance); None leaves it unadapted
+        (for loading weights later).
+    """
+    norm_layer = layers.Normalization()
+    if train_spectrograms is not None:
+        norm_layer.adapt(train_spectrograms.map(lambda spectrogram: spectrogram[..., None]))
+    return keras.Sequential([
+        keras.Input(shape=contract.SPECTROGRAM_SHAPE, name="spectrogram"),
+        layers.Reshape(contract.SPECTROGRAM_SHAPE + (1,)),
+        layers.Resizing(32, 32),
+        norm_layer,
+        layers.Conv2D(32, 3, activation="relu"),
+        layers.Conv2D(64, 3, activation="relu"),
+        layers.MaxPooling2D(),
+        layers.Dropout(0.25),
+        layers.Flatten(),
+        layers.Dense(128, activation="relu"),
+        layers.Dropout(0.5),
+        layers.Dense(num_labels),
+    ], name=TUTORIAL)
+
+
+BUILDERS: dict[str, Callable[..., keras.Model]] = {TUTORIAL: build_tutorial}
+
+
+def build_model(name: str, num_labels: int, **options) -> keras.Model:
+    """Builds the architecture `name` (see BUILDERS) with `num_labels` logits."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(sorted(BUILDERS))}")
+    return BUILDERS[name](num_labels, **options)

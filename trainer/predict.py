@@ -1,0 +1,109 @@
+"""Predicts the word spoken in WAV files with an exported model.
+
+    python -m trainer.predict --model-dir runs/sample/job data/sample/yes/*.wav
+    python -m trainer.predict --model-dir JOB clip.wav --top-k 3 --json --plot clip.png
+
+Files are decoded by the same code as preprocessing (any WAV it accepts: 8-32 bit,
+float, stereo, any rate) and fed to the model's raw-audio signature. One line per file;
+a file that cannot be read gets a line on stderr, the others are still predicted, and
+the exit code is 1 when any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from pipelines import audio  # noqa: E402
+from pipelines.errors import PartialFailure, run_cli  # noqa: E402
+from trainer import artifacts  # noqa: E402
+
+
+class Predictor:
+    """An exported model, loaded once, that maps WAV bytes to class probabilities."""
+
+    def __init__(self, model_dir: str):
+        self.model = artifacts.load_serving_model(model_dir)
+        self._serve = self.model.signatures["waveform"]
+        self.labels = artifacts.read_model_labels(artifacts.export_dir_of(model_dir))
+
+    def probabilities(self, data: bytes) -> np.ndarray:
+        """WAV bytes -> probabilities over `labels` (raises AudioError)."""
+        waveform = audio.decode_wav(data)
+        outputs = self._serve(waveform=tf.constant(waveform[None, :]))
+        return outputs["probabilities"][0].numpy()
+
+
+def top_k(probabilities: np.ndarray, labels: list[str], k: int) -> list[tuple[str, float]]:
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [(labels[i], float(probabilities[i])) for i in order]
+
+
+def read(path: str) -> bytes:
+    with tf.io.gfile.GFile(path, "rb") as handle:
+        return handle.read()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer.predict",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="+", metavar="FILE.wav", help="local or gs:// paths")
+    parser.add_argument("--model-dir", required=True,
+                        help="a training job directory (or its export/ SavedModel)")
+    parser.add_argument("--top-k", type=int, default=1, help="labels shown per file")
+    parser.add_argument("--json", action="store_true", help="JSON Lines instead of text")
+    parser.add_argument("--plot", default=None,
+                        help="PNG bar chart of the first file's probabilities")
+    return parser
+
+
+def run(argv: Optional[list[str]] = None) -> list[dict]:
+    args = build_parser().parse_args(argv)
+    predictor = Predictor(args.model_dir)
+    results, failed = [], []
+    for path in args.files:
+        try:
+            probabilities = predictor.probabilities(read(path))
+        except audio.AudioError as error:
+            failed.append(path)
+            print(f"error: {path}: {error}", file=sys.stderr)
+            continue
+        except tf.errors.OpError as error:
+            failed.append(path)
+            print(f"error: {path}: cannot read ({error.message.splitlines()[0]})",
+                  file=sys.stderr)
+            continue
+        best = top_k(probabilities, predictor.labels, max(args.top_k, 1))
+        result = {"path": path, "label": best[0][0], "probability": best[0][1],
+                  "top_k": [{"label": label, "probability": p} for label, p in best],
+                  "probabilities": dict(zip(predictor.labels, map(float, probabilities)))}
+        results.append(result)
+        if args.json:
+            print(json.dumps(result), flush=True)
+        else:
+            print(f"{path}\t" + "\t".join(f"{label} {p:.3f}" for label, p in best), flush=True)
+    if args.plot and results:
+        from trainer import report  # pylint: disable=import-outside-toplevel
+        first = results[0]
+        report.plot_prediction([first["probabilities"][label] for label in predictor.labels],
+                               predictor.labels, first["path"], args.plot)
+    if failed:
+        raise PartialFailure(f"{len(failed)} of {len(args.files)} files could not be "
+                             "predicted (see above)")
+    return results
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run_cli(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Trains a keyword model on a preprocessing run, evaluates it and exports it.
+
+Locally::
+
+    python -m trainer.task --data-dir runs/sample/data --job-dir runs/sample/job
+    python -m trainer.task --data-dir OUT --job-dir JOB --model tutorial --epochs 10
+
+On Vertex AI the job directory, TensorBoard logs and checkpoints default to
+AIP_MODEL_DIR, AIP_TENSORBOARD_LOG_DIR and AIP_CHECKPOINT_DIR (see deploy/vertex/).
+
+A run leaves in JOB: model.keras, export/ (SavedModel: raw-audio, spectrogram and
+tf.Example signatures) with labels.txt, metrics.json, history.json, the plots and
+report.html. Killed mid-way and started again with the same command, it resumes from
+its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+from typing import Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from pipelines import contract  # noqa: E402
+from pipelines.errors import PartialFailure, UserError, run_cli  # noqa: E402
+from trainer import data, evaluation, export, model as models, recipes  # noqa: E402
+
+HISTORY_CSV = "history.csv"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer.task",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", required=True, help="a preprocessing run (local or gs://)")
+    parser.add_argument("--job-dir", default=os.environ.get("AIP_MODEL_DIR"),
+                        help="where the model, metrics and report go (default: $AIP_MODEL_DIR)")
+    parser.add_argument("--model", default=recipes.DEFAULT_MODEL, choices=recipes.names(),
+                        help=f"architecture and its recipe (default {recipes.DEFAULT_MODEL})")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training epochs (default: the model's recipe)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="examples per batch (default: the model's recipe)")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="peak learning rate (default: the model's recipe)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--shuffle-buffer", type=int, default=4096,
+                        help="examples held in memory for shuffling")
+    parser.add_argument("--tensorboard-dir", default=os.environ.get("AIP_TENSORBOARD_LOG_DIR"),
+                        help="default: JOB/logs or $AIP_TENSORBOARD_LOG_DIR")
+    parser.add_argument("--checkpoint-dir", default=os.environ.get("AIP_CHECKPOINT_DIR"),
+                        help="backup for resuming (default: JOB/checkpoints or "
+                             "$AIP_CHECKPOINT_DIR)")
+    parser.add_argument("--no-report", action="store_true", help="skip plots and report.html")
+    parser.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
+                        help="Keras progress output: 0 silent, 1 progress bar, 2 a line per epoch")
+    return parser
+
+
+def _history_rows(path: str) -> list[dict]:
+    if not tf.io.gfile.exists(path):
+        return []
+    with tf.io.gfile.GFile(path, "r") as handle:
+        rows = list(csv.DictReader(io.StringIO(handle.read())))
+    by_epoch = {int(row["epoch"]): row for row in rows}  # a resumed run may repeat one
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+
+
+def read_history(job_dir: str) -> dict[str, list[float]]:
+    """Every finished epoch of the run (across resumptions), as Keras' History.history."""
+    rows = _history_rows(f"{job_dir}/{HISTORY_CSV}")
+    keys = [key for key in (rows[0] if rows else {}) if key != "epoch"]
+    return {key: [float(row[key]) for row in rows] for key in keys}
+
+
+def resumed_epoch(checkpoint_dir: str) -> Optional[int]:
+    """The epoch a BackupAndRestore backup in `checkpoint_dir` resumes from, if any."""
+    path = f"{checkpoint_dir}/training_metadata.json"
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path, "r") as handle:
+        return int(json.load(handle).get("epoch", -1)) + 1
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stops training when the loss is NaN or infinite and remembers the epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.bad_epoch: Optional[int] = None
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.bad_epoch = self.bad_epoch if self.bad_epoch is not None else -1
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bad_epoch == -1:
+            self.bad_epoch = epoch + 1
+
+
+def train_and_evaluate(args: argparse.Namespace) -> dict:
+    """Fits the model, evaluates it on the test split and writes every artifact."""
+    if not args.job_dir:
+        raise UserError("--job-dir is required (or set AIP_MODEL_DIR)")
+    job_dir = args.job_dir.rstrip("/")
+    labels = data.read_labels(args.data_dir)
+    metadata = data.read_metadata(args.data_dir)
+    recipe = recipes.get(args.model).with_overrides(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
+    files = {split: data.shard_files(args.data_dir, split) for split in contract.SPLITS}
+    sizes = {split: data.split_size(metadata, split) for split in contract.SPLITS}
+    for split, size in sizes.items():
+        if size == 0:
+            raise UserError(f"{args.data_dir}/{split}: empty split (no examples); "
+                            "use more data or other --val-percent/--test-percent")
+    if recipe.needs_waveforms and not metadata.get("waveforms", False):
+        raise UserError(f"{args.data_dir}: model {args.model!r} augments audio and needs "
+                        "stored waveforms; preprocess without --no-waveforms")
+
+    keras.utils.set_random_seed(args.seed)
+    tf.io.gfile.makedirs(job_dir)
+    checkpoint_dir = (args.checkpoint_dir or f"{job_dir}/checkpoints").rstrip("/")
+    log_dir = args.tensorboard_dir or f"{job_dir}/logs"
+    start = resumed_epoch(checkpoint_dir)
+    if start is None and tf.io.gfile.exists(f"{job_dir}/{HISTORY_CSV}"):
+        tf.io.gfile.remove(f"{job_dir}/{HISTORY_CSV}")  # a fresh run, not a resumption
+    elif start is not None:
+        print(f"Resuming from the backup in {checkpoint_dir}: epoch {start + 1}")
+
+    train_ds = recipe.train_dataset(files[contract.TRAIN], args, sizes[contract.TRAIN])
+    val_ds = data.make_dataset(files[contract.VAL], recipe.batch_size, False,
+                               num_examples=sizes[contract.VAL])
+    test_ds = data.make_dataset(files[contract.TEST], recipe.batch_size, False,
+                                num_examples=sizes[contract.TEST])
+    spectrograms = data.make_dataset(files[contract.TRAIN], 256, False).map(lambda x, _: x)
+    net = data.guard_corruption(files[contract.TRAIN], lambda: models.build_model(
+        args.model, len(labels), train_spectrograms=spectrograms))
+    recipe.compile(net, sizes[contract.TRAIN])
+
+    stop_on_nan = StopOnNaN()
+    callbacks = [
+        keras.callbacks.BackupAndRestore(backup_dir=checkpoint_dir),
+        keras.callbacks.CSVLogger(f"{job_dir}/{HISTORY_CSV}", append=True),
+        keras.callbacks.TensorBoard(log_dir=log_dir),
+        stop_on_nan,
+    ] + recipe.callbacks()
+    all_files = files[contract.TRAIN] + files[contract.VAL]
+    data.guard_corruption(all_files, lambda: net.fit(
+        train_ds, validation_data=val_ds, epochs=recipe.epochs, callbacks=callbacks,
+        verbose=args.verbose, shuffle=False))  # tf.data already shuffles
+    if stop_on_nan.bad_epoch is not None:
+        raise PartialFailure(f"training stopped: the loss became NaN or infinite in epoch "
+                             f"{stop_on_nan.bad_epoch} (try a lower --learning-rate)")
+    recipe.finalize(net)
+
+    history = read_history(job_dir)
+    net.save(f"{job_dir}/model.keras")
+    export_dir = export.export_model(net, labels, f"{job_dir}/{export.EXPORT_DIR}")
+    with tf.io.gfile.GFile(f"{job_dir}/{contract.LABELS_FILE}", "w") as handle:
+        handle.write(contract.format_labels(labels))
+    settings = {"model": args.model, "data_dir": args.data_dir, "seed": args.seed,
+                "shuffle_buffer": args.shuffle_buffer, **recipe.settings(),
+                "epochs_run": len(next(iter(history.values()), [])),
+                "split": metadata.get("split")}
+    metrics = evaluation.evaluate_split(net, test_ds, files[contract.TEST], labels)
+    metrics.update({
+        "model": args.model, "parameters": int(net.count_params()),
+        "counts": {split: sizes[split] for split in contract.SPLITS},
+        "settings": settings, "export_dir": export_dir,
+    })
+    evaluation.write_json(f"{job_dir}/metrics.json", metrics)
+    evaluation.write_json(f"{job_dir}/history.json", history)
+    print(evaluation.format_metrics(metrics))
+    if not args.no_report:
+        report = evaluation.write_run_report(job_dir, export_dir, files[contract.TEST],
+                                             metrics, history, labels,
+                                             bool(metadata.get("waveforms")))
+        print(f"\nreport: {report}")
+    print(f"model: {job_dir}/model.keras  export: {export_dir}")
+    return metrics
+
+
+def run(argv: Optional[list[str]] = None) -> dict:
+    args = build_parser().parse_args(argv)
+    return train_and_evaluate(args)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run_cli(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
