@@ -135,6 +135,15 @@ def serialize_example(spectrogram: np.ndarray, label: int, label_name: str,
     return _field(1, b"".join(entries))  # Example.features (1)
 
 
+def serialize_spectrogram(spectrogram: np.ndarray, path: str) -> bytes:
+    """A tf.Example of an unlabelled clip (spectrogram and path) for the `examples` signature."""
+    spectrogram = np.asarray(spectrogram, dtype="<f4")
+    if spectrogram.shape != SPECTROGRAM_SHAPE:
+        raise ValueError(f"spectrogram shape {spectrogram.shape} != {SPECTROGRAM_SHAPE}")
+    return _field(1, _map_entry(SPECTROGRAM, _bytes_feature(spectrogram.tobytes()))
+                  + _map_entry(PATH, _bytes_feature(path.encode())))
+
+
 def serialize_background(waveform: np.ndarray, path: str) -> bytes:
     """Encodes one background-noise recording (any length, 16 kHz float32)."""
     waveform = np.asarray(waveform, dtype="<f4").reshape(-1)

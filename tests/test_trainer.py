@@ -99,7 +99,7 @@ def test_export_signatures_agree_and_match_the_keras_model(job_dir):
     expected = tf.nn.softmax(keras_model(spectrogram, training=False)).numpy()
     for outputs in (by_wave, by_spec, by_example):
         np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-4)
-        assert outputs["labels"].numpy()[0].decode() == LABELS[int(expected.argmax())]
+        assert outputs["labels"].numpy().reshape(-1)[0].decode() == LABELS[int(expected.argmax())]
 
 
 def test_predict_reports_good_files_and_names_bad_ones(job_dir, tmp_path, capsys):

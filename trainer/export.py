@@ -8,7 +8,9 @@ Signatures (each returns `class_ids` int64 [batch], `labels` string [batch] and
   graph, exactly as the preprocessing pipeline does.
 - `spectrogram`: the stored feature, float32 [batch, 124, 129].
 - `examples`: serialized tf.Examples in the preprocessing contract (only `spectrogram` is
-  read); the form tfx-bsl's RunInference feeds a model in batch prediction.
+  read); the form tfx-bsl's RunInference feeds a model in batch prediction. Its `labels`
+  are shaped [batch, 1]: RunInference splits outputs per example and needs an array,
+  not a bare string, for each.
 
 `labels.txt` is written beside the SavedModel.
 """
@@ -43,7 +45,9 @@ def export_model(model: keras.Model, labels: list[str], export_dir: str) -> str:
         parsed = tf.io.parse_example(examples, {
             contract.SPECTROGRAM: tf.io.FixedLenFeature([], tf.string)})
         spectrogram = tf.io.decode_raw(parsed[contract.SPECTROGRAM], tf.float32)
-        return outputs(tf.reshape(spectrogram, (-1,) + contract.SPECTROGRAM_SHAPE))
+        result = outputs(tf.reshape(spectrogram, (-1,) + contract.SPECTROGRAM_SHAPE))
+        result["labels"] = result["labels"][:, None]
+        return result
 
     archive = keras.export.ExportArchive()
     archive.track(model)

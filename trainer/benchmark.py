@@ -1,0 +1,144 @@
+"""Training-input and prediction-latency benchmark.
+
+    python -m trainer.benchmark --data-dir runs/subset/data --job-dir runs/subset/job [--epochs 3]
+
+1. Epoch time of the tutorial model fed by streaming TFRecords (`trainer.data`) against
+   the same model fed from an in-memory cached dataset (the tutorial's
+   `.cache().shuffle(10000)`), measured in the same run, alternating the two so that
+   background load hits both alike; the first (warm-up / cache-filling) epoch is not
+   counted. Target: streaming at most 1.1x in-memory.
+2. Single-clip prediction latency of the exported model(s), WAV file to label with a
+   warm model: p50 and p95 over the test clips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from pipelines import contract  # noqa: E402
+from pipelines.errors import run_cli  # noqa: E402
+from trainer import data, model as models, predict  # noqa: E402
+
+
+class EpochTimer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def _fit_one_epoch(net: keras.Model, dataset: tf.data.Dataset) -> float:
+    timer = EpochTimer()
+    net.fit(dataset, epochs=1, verbose=0, callbacks=[timer], shuffle=False)
+    return timer.times[0]
+
+
+def epoch_times(data_dir: str, epochs: int, batch_size: int, seed: int) -> dict:
+    """Median seconds per epoch for streaming and in-memory input (same model, same data)."""
+    metadata = data.read_metadata(data_dir)
+    labels = data.read_labels(data_dir)
+    files = data.shard_files(data_dir, contract.TRAIN)
+    size = data.split_size(metadata, contract.TRAIN)
+    streaming = data.make_dataset(files, batch_size, True, seed=seed, num_examples=size)
+    # The tutorial's way: everything parsed once, then held in memory.
+    in_memory = (data.make_dataset(files, batch_size, False, num_examples=size)
+                 .unbatch().cache().shuffle(10_000, seed=seed).batch(batch_size)
+                 .prefetch(tf.data.AUTOTUNE))
+    nets = {}
+    for name in ("streaming", "in_memory"):
+        keras.utils.set_random_seed(seed)
+        nets[name] = models.build_model(models.TUTORIAL, len(labels))
+        nets[name].compile(optimizer="adam", metrics=["accuracy"],
+                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    datasets = {"streaming": streaming, "in_memory": in_memory}
+    for name in nets:  # warm-up: tracing, and filling the cache
+        _fit_one_epoch(nets[name], datasets[name])
+    times = {name: [] for name in nets}
+    for _ in range(epochs):
+        for name in nets:
+            times[name].append(_fit_one_epoch(nets[name], datasets[name]))
+    return {name: float(np.median(values)) for name, values in times.items()} | {
+        "examples": size}
+
+
+def latency(model_dir: str, paths: list[str], warmup: int = 5) -> dict:
+    """p50/p95 milliseconds from WAV file to label, model loaded and warm."""
+    predictor = predict.Predictor(model_dir)
+    for path in paths[:warmup]:
+        predictor.probabilities(predict.read(path))
+    samples = []
+    for path in paths:
+        start = time.perf_counter()
+        probabilities = predictor.probabilities(predict.read(path))
+        predictor.labels[int(np.argmax(probabilities))]
+        samples.append((time.perf_counter() - start) * 1000)
+    return {"p50_ms": float(np.percentile(samples, 50)),
+            "p95_ms": float(np.percentile(samples, 95)), "clips": len(samples)}
+
+
+def test_clip_paths(data_dir: str, limit: int) -> list[str]:
+    files = data.shard_files(data_dir, contract.TEST)
+    dataset = data.make_dataset(files, 256, False, keep_features=True)
+    paths = [p.decode() for batch in dataset for p in batch[contract.PATH].numpy()]
+    return [p for p in paths if tf.io.gfile.exists(p)][:limit]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer.benchmark",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--job-dir", action="append", default=[],
+                        help="trained job(s) whose exported model's latency is measured")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per input mode")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--clips", type=int, default=200, help="clips for the latency")
+    parser.add_argument("--seed", type=int, default=42)
+    return parser
+
+
+def run(argv: Optional[list[str]] = None) -> dict:
+    args = build_parser().parse_args(argv)
+    results = {"epochs": epoch_times(args.data_dir, args.epochs, args.batch_size, args.seed)}
+    epochs = results["epochs"]
+    ratio = epochs["streaming"] / epochs["in_memory"]
+    print(f"Training input, tutorial model, {epochs['examples']} training examples, "
+          f"median of {args.epochs} epochs after a warm-up epoch:")
+    print(f"  {'in-memory cache (tutorial)':<30}{epochs['in_memory']:>8.2f} s/epoch")
+    print(f"  {'streaming TFRecords':<30}{epochs['streaming']:>8.2f} s/epoch")
+    print(f"  ratio streaming / in-memory   {ratio:>8.2f}x   (target <= 1.10x)")
+    results["ratio"] = ratio
+    if args.job_dir:
+        paths = test_clip_paths(args.data_dir, args.clips)
+        print(f"\nSingle-clip prediction latency, WAV file to label, warm model, "
+              f"{len(paths)} test clips:")
+        results["latency"] = {}
+        for job_dir in args.job_dir:
+            figures = latency(job_dir, paths)
+            results["latency"][job_dir] = figures
+            print(f"  {job_dir:<40} p50 {figures['p50_ms']:7.2f} ms   "
+                  f"p95 {figures['p95_ms']:7.2f} ms")
+    return results
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run_cli(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
