@@ -156,10 +156,14 @@ def serialize_background(waveform: np.ndarray, path: str) -> bytes:
 
 # --- parsing (TensorFlow, for tf.data) ---------------------------------------------
 
-def feature_spec() -> dict:
-    """The `tf.io.parse_example` spec of the records."""
+def feature_spec(keys=None) -> dict:
+    """The `tf.io.parse_example` spec of the records (of `keys` only, if given).
+
+    Parsing only what is needed matters for streaming speed: a feature left out of the
+    spec is skipped by the parser instead of copied.
+    """
     import tensorflow as tf
-    return {
+    spec = {
         SPECTROGRAM: tf.io.FixedLenFeature([], tf.string),
         LABEL: tf.io.FixedLenFeature([], tf.int64),
         LABEL_NAME: tf.io.FixedLenFeature([], tf.string),
@@ -169,41 +173,44 @@ def feature_spec() -> dict:
         # Optional: runs made with --no-waveforms leave it out (parsed as b"").
         WAVEFORM: tf.io.FixedLenFeature([], tf.string, default_value=b""),
     }
+    return spec if keys is None else {key: spec[key] for key in keys}
 
 
-def parse_example(serialized, waveform: bool = False) -> dict:
+def _decode(parsed: dict, leading: tuple) -> dict:
+    import tensorflow as tf
+    for key, shape in ((SPECTROGRAM, SPECTROGRAM_SHAPE), (WAVEFORM, (CLIP_SAMPLES,))):
+        if key in parsed:
+            values = tf.io.decode_raw(parsed[key], tf.float32, little_endian=True)
+            parsed[key] = tf.reshape(values, leading + shape)
+    return parsed
+
+
+def parse_example(serialized, waveform: bool = False, keys=None) -> dict:
     """Parses one serialized example (a scalar string tensor) into tensors.
 
     Args:
       serialized: scalar string tensor.
       waveform: also decode the stored waveform (the run must have been made with it).
+      keys: parse only these features (default: all but the waveform, unless asked for).
 
     Returns:
       A dict with the feature names as keys; `spectrogram` is float32 (124, 129),
       `waveform` (if asked for) float32 (16000,).
     """
     import tensorflow as tf
-    parsed = tf.io.parse_single_example(serialized, feature_spec())
-    spectrogram = tf.io.decode_raw(parsed[SPECTROGRAM], tf.float32, little_endian=True)
-    parsed[SPECTROGRAM] = tf.reshape(spectrogram, SPECTROGRAM_SHAPE)
-    raw = parsed.pop(WAVEFORM)
-    if waveform:
-        parsed[WAVEFORM] = tf.reshape(tf.io.decode_raw(raw, tf.float32, little_endian=True),
-                                      (CLIP_SAMPLES,))
-    return parsed
+    keys = keys or [key for key in feature_spec_keys() if waveform or key != WAVEFORM]
+    return _decode(tf.io.parse_single_example(serialized, feature_spec(keys)), ())
 
 
-def parse_batch(serialized, waveform: bool = False) -> dict:
+def parse_batch(serialized, waveform: bool = False, keys=None) -> dict:
     """Like `parse_example` for a 1-D batch of serialized examples (faster in tf.data)."""
     import tensorflow as tf
-    parsed = tf.io.parse_example(serialized, feature_spec())
-    spectrogram = tf.io.decode_raw(parsed[SPECTROGRAM], tf.float32, little_endian=True)
-    parsed[SPECTROGRAM] = tf.reshape(spectrogram, (-1,) + SPECTROGRAM_SHAPE)
-    raw = parsed.pop(WAVEFORM)
-    if waveform:
-        parsed[WAVEFORM] = tf.reshape(tf.io.decode_raw(raw, tf.float32, little_endian=True),
-                                      (-1, CLIP_SAMPLES))
-    return parsed
+    keys = keys or [key for key in feature_spec_keys() if waveform or key != WAVEFORM]
+    return _decode(tf.io.parse_example(serialized, feature_spec(keys)), (-1,))
+
+
+def feature_spec_keys() -> tuple:
+    return (SPECTROGRAM, LABEL, LABEL_NAME, SPEAKER, PATH, NUM_SAMPLES, WAVEFORM)
 
 
 def parse_background(serialized) -> dict:

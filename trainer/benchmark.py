@@ -57,8 +57,9 @@ def epoch_times(data_dir: str, epochs: int, batch_size: int, seed: int) -> dict:
     size = data.split_size(metadata, contract.TRAIN)
     streaming = data.make_dataset(files, batch_size, True, seed=seed, num_examples=size)
     # The tutorial's way: everything parsed once, then held in memory.
-    in_memory = (data.make_dataset(files, batch_size, False, num_examples=size)
+    in_memory = (data.make_dataset(files, batch_size, False)
                  .unbatch().cache().shuffle(10_000, seed=seed).batch(batch_size)
+                 .apply(tf.data.experimental.assert_cardinality(-(-size // batch_size)))
                  .prefetch(tf.data.AUTOTUNE))
     nets = {}
     for name in ("streaming", "in_memory"):

@@ -100,8 +100,10 @@ def make_dataset(files: list[str], batch_size: int, shuffle: bool, *,
     key = contract.WAVEFORM if waveform else contract.SPECTROGRAM
 
     def parse(serialized):
-        parsed = contract.parse_batch(serialized, waveform=waveform)
-        return parsed if keep_features else (parsed[key], parsed[contract.LABEL])
+        if keep_features:
+            return contract.parse_batch(serialized, waveform=waveform)
+        parsed = contract.parse_batch(serialized, keys=[key, contract.LABEL])
+        return parsed[key], parsed[contract.LABEL]
 
     dataset = dataset.map(parse, num_parallel_calls=AUTOTUNE, deterministic=not shuffle)
     if num_examples is not None:
