@@ -1,0 +1,111 @@
+"""Accuracy table: trains each model with several seeds and measures what a user sees.
+
+    python -m trainer.compare --data-dir runs/subset/data --work-dir runs/compare \\
+        --models tutorial --seeds 42 1 2 --reference
+
+For every model and seed it runs the real training command (`python -m trainer.task`,
+as a separate process, timed whole), reads the test accuracy from its metrics.json, and
+measures single-clip prediction latency (WAV file to label, warm model) of the first
+seed's export. `--reference` adds the tutorial notebook's own code on the same split
+(`trainer.reference`). Prints one row per model: parameters, test accuracy per seed,
+mean and spread, training time, latency; writes WORK/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from typing import Optional
+
+import tensorflow as tf
+
+from pipelines.errors import UserError, run_cli
+from trainer import benchmark, recipes, reference
+
+
+def train(data_dir: str, job_dir: str, model: str, seed: int, extra: list[str]) -> dict:
+    command = [sys.executable, "-m", "trainer.task", "--data-dir", data_dir, "--job-dir",
+               job_dir, "--model", model, "--seed", str(seed), "--verbose", "0",
+               "--no-report"] + extra
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise UserError(f"{' '.join(command)} failed: {result.stderr.strip()[-500:]}")
+    with tf.io.gfile.GFile(f"{job_dir}/metrics.json", "r") as handle:
+        metrics = json.load(handle)
+    return {"seed": seed, "test_accuracy": metrics["test_accuracy"],
+            "parameters": metrics["parameters"], "train_seconds": seconds,
+            "command": " ".join(command[1:])}
+
+
+def summarize(name: str, runs: list[dict]) -> dict:
+    accuracies = [run["test_accuracy"] for run in runs]
+    return {"model": name, "runs": runs, "mean_accuracy": statistics.mean(accuracies),
+            "min_accuracy": min(accuracies), "max_accuracy": max(accuracies),
+            "parameters": runs[0].get("parameters"),
+            "train_seconds": statistics.mean(run.get("train_seconds", 0) for run in runs)}
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [f"{'model':<22}{'params':>10}  {'test accuracy per seed':<26}{'mean':>7}"
+             f"{'spread':>8}{'train':>9}{'p50 ms':>8}{'p95 ms':>8}"]
+    for row in rows:
+        seeds = " ".join(f"{run['test_accuracy']:.3f}" for run in row["runs"])
+        latency = row.get("latency") or {}
+        params = f"{row['parameters']:,}" if row.get("parameters") else "-"
+        train_time = f"{row['train_seconds'] / 60:.1f} min" if row.get("train_seconds") else "-"
+        lines.append(
+            f"{row['model']:<22}{params:>10}  {seeds:<26}{row['mean_accuracy']:>7.3f}"
+            f"{row['max_accuracy'] - row['min_accuracy']:>8.3f}{train_time:>9}"
+            f"{latency.get('p50_ms', float('nan')):>8.2f}{latency.get('p95_ms', float('nan')):>8.2f}")
+    return "\n".join(lines)
+
+
+def run(argv: Optional[list[str]] = None) -> list[dict]:
+    parser = argparse.ArgumentParser(prog="python -m trainer.compare",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--work-dir", required=True)
+    parser.add_argument("--models", nargs="+", default=[recipes.DEFAULT_MODEL],
+                        choices=recipes.names())
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 1, 2])
+    parser.add_argument("--reference", action="store_true",
+                        help="also run the tutorial notebook's own code on the same split")
+    parser.add_argument("--clips", type=int, default=200, help="clips for the latency")
+    args, extra = parser.parse_known_args(argv)
+    rows = []
+    paths = benchmark.test_clip_paths(args.data_dir, args.clips)
+    for model in args.models:
+        runs = []
+        for seed in args.seeds:
+            job = f"{args.work_dir.rstrip('/')}/{model}-seed{seed}"
+            runs.append(train(args.data_dir, job, model, seed, extra))
+            print(f"{model} seed {seed}: test accuracy {runs[-1]['test_accuracy']:.4f} "
+                  f"({runs[-1]['train_seconds']:.0f} s)", flush=True)
+        row = summarize(model, runs)
+        row["latency"] = benchmark.latency(
+            f"{args.work_dir.rstrip('/')}/{model}-seed{args.seeds[0]}", paths)
+        rows.append(row)
+    if args.reference:
+        runs = [{"seed": seed, "test_accuracy": reference.tutorial_accuracy(args.data_dir, seed)}
+                for seed in args.seeds]
+        rows.append(summarize("tutorial notebook code", runs))
+    print()
+    print(format_table(rows))
+    tf.io.gfile.makedirs(args.work_dir)
+    with tf.io.gfile.GFile(f"{args.work_dir}/results.json", "w") as handle:
+        json.dump(rows, handle, indent=2)
+    return rows
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run_cli(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
