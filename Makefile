@@ -28,5 +28,15 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q tests
 
+# Benchmarks on the 2,699-clip subset (unzipped from SUBSET_ZIP); figures go in the README.
+SUBSET_ZIP ?= ../shared/data/speech_commands_subset.zip
+BENCH ?= runs/bench
+bench: setup
+	rm -rf $(BENCH) && mkdir -p $(BENCH) && unzip -q $(SUBSET_ZIP) -d $(BENCH)
+	$(BIN)/python -m pipelines.benchmark --data-dir $(BENCH)/speech_commands_subset --work-dir $(BENCH)/prep
+	$(BIN)/python -m pipelines.preprocess --data-dir $(BENCH)/speech_commands_subset --output-dir $(BENCH)/data
+	$(BIN)/python -m trainer.compare --data-dir $(BENCH)/data --work-dir $(BENCH)/compare --models tutorial --seeds 42 1 2 --reference
+	$(BIN)/python -m trainer.benchmark --data-dir $(BENCH)/data --job-dir $(BENCH)/compare/tutorial-seed42
+
 clean:
 	rm -rf runs

@@ -25,6 +25,12 @@ setup(
     entry_points={
         "console_scripts": [
             "kws-preprocess=pipelines.preprocess:main",
+            "kws-download=pipelines.download:main",
+            "kws-stage=pipelines.stage:main",
+            "kws-batch-predict=pipelines.predict:main",
+            "kws-train=trainer.task:main",
+            "kws-evaluate=trainer.evaluate:main",
+            "kws-predict=trainer.predict:main",
         ],
     },
 )
