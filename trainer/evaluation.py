@@ -98,7 +98,7 @@ def write_run_report(job_dir: str, export_dir: str, test_files: list[str], metri
     serving = tf.saved_model.load(export_dir).signatures["serving_default"]
     first = examples[0]
     outputs = serving(waveform=tf.constant(first["waveform"][None, :]))
-    prediction = {"path": first["path"], "label": outputs["labels"][0].numpy().decode(),
+    prediction = {"path": first["path"], "label": first["label"],
                   "probabilities": outputs["probabilities"][0].numpy().tolist()}
     return report.write_report(job_dir, metrics=metrics, history=history, labels=labels,
                                examples=examples, prediction=prediction)
