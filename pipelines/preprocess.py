@@ -27,7 +27,7 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 from pipelines import contract, dataset, errors, transforms
 
@@ -278,6 +278,11 @@ def run(argv: Optional[list[str]] = None) -> dict:
     options = PipelineOptions(beam_args)
     with beam.Pipeline(options=options) as pipeline:
         build_pipeline(pipeline, args, labels, static)
+    template = options.view_as(GoogleCloudOptions).template_location
+    if template:
+        # A Flex Template launch (or a classic template) only writes the job: it runs later.
+        print(f"wrote the Dataflow job to {template}; its run writes {out}/")
+        return static
     metadata = json.loads(read_text(f"{out}/{contract.METADATA_FILE}"))
     print(summary_table(metadata))
     print(f"\nwrote {out}/{{train,val,test}}/, {contract.LABELS_FILE}, {contract.METADATA_FILE}")
