@@ -1,0 +1,103 @@
+"""Tests of trainer/kws_model.py: shape, size, serialisation, front end, training pieces."""
+
+import numpy as np
+import tensorflow as tf
+
+import keras
+from pipelines import contract
+from trainer import kws_model
+
+MAX_PARAMS = 250_000
+
+
+def _spectrograms(batch: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.uniform(0, 5, (batch,) + contract.SPECTROGRAM_SHAPE).astype(np.float32)
+
+
+def test_output_shape_and_parameter_budget():
+    model = kws_model.build_kws_model(8)
+    assert model.input_shape == (None,) + contract.SPECTROGRAM_SHAPE
+    assert model(_spectrograms()).shape == (3, 8)
+    assert model.count_params() <= MAX_PARAMS
+
+
+def test_keras_file_round_trip_gives_identical_outputs(tmp_path):
+    model = kws_model.build_kws_model(8)
+    # A training step moves the BN statistics away from their initial values, so the
+    # round trip has to carry them.
+    kws_model.compile_with_recipe(model, kws_model.training_recipe(epochs=1), 1)
+    model.fit(_spectrograms(4), np.arange(4), epochs=1, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    x = _spectrograms()
+    np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+    assert loaded.get_layer("spec_mask").get_config()["max_freq_mask"] == 6
+
+
+def test_log_mel_matches_a_direct_computation():
+    x = _spectrograms(2)
+    layer = kws_model.LogMel(num_mel_bins=32, epsilon=1e-6)
+    matrix = tf.signal.linear_to_mel_weight_matrix(32, contract.NUM_BINS,
+                                                   contract.SAMPLE_RATE, 20.0, 7_600.0)
+    expected = np.log(x @ matrix.numpy() + 1e-6)
+    np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert layer.compute_output_shape((None, 124, 129)) == (None, 124, 32)
+
+
+def test_spec_mask_only_in_training():
+    layer = kws_model.SpecMask(time_masks=2, max_time_mask=10, freq_masks=2,
+                               max_freq_mask=5, seed=1)
+    x = tf.ones((4, 124, 40))
+    np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())
+    masked = layer(x, training=True).numpy()
+    assert (masked == 0).any()
+    assert ((masked == 0).all(axis=2).sum(axis=1) <= 20).all()
+    assert ((masked == 0).all(axis=1).sum(axis=1) <= 10).all()
+
+
+def test_recipe_overrides_and_compiled_training_lowers_loss():
+    recipe = kws_model.training_recipe(epochs=6, warmup_epochs=1, peak_learning_rate=3e-3)
+    assert recipe.epochs == 6 and recipe.batch_size == kws_model.Recipe().batch_size
+    model = kws_model.build_kws_model(4, channels=(8, 8, 8), spec_mask={"time_masks": 0,
+                                                                         "freq_masks": 0})
+    kws_model.compile_with_recipe(model, recipe, steps_per_epoch=1)
+    x, y = _spectrograms(8), np.arange(8) % 4
+    x[y == 1] *= 0.01  # give the classes something to tell them apart
+    history = model.fit(x, y, batch_size=8, epochs=recipe.epochs, verbose=0)
+    losses = history.history["loss"]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+def test_weight_average_tracks_swaps_and_finalises():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
+    model.layers[0].kernel.assign([[1.0], [1.0]])
+    callback = kws_model.WeightAverage(decay=0.5)
+    callback.set_model(model)
+    callback.on_train_begin()
+    model.layers[0].kernel.assign([[3.0], [3.0]])
+    callback.on_train_batch_end(0)
+    # Step 1: decay = min(0.5, 2 / 11); average = d * 1 + (1 - d) * 3.
+    decay = 2.0 / 11.0
+    expected = decay * 1.0 + (1 - decay) * 3.0
+    callback.on_test_begin()
+    np.testing.assert_allclose(model.layers[0].kernel.numpy(), expected, rtol=1e-6)
+    callback.on_test_end()
+    np.testing.assert_allclose(model.layers[0].kernel.numpy(), 3.0)
+    callback.on_train_end()
+    np.testing.assert_allclose(model.layers[0].kernel.numpy(), expected, rtol=1e-6)
+
+
+def test_folded_model_matches_and_has_no_conv_batch_norms():
+    model = kws_model.build_kws_model(8)
+    kws_model.compile_with_recipe(model, kws_model.training_recipe(epochs=1), 1)
+    model.fit(_spectrograms(4), np.arange(4), epochs=1, verbose=0)
+    folded = kws_model.fold_batch_norm(model)
+    x = _spectrograms()
+    np.testing.assert_allclose(folded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-4, atol=1e-4)
+    norms = [layer.name for layer in folded.layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms == ["mel_norm"]  # it follows the log, not a convolution
+    assert folded.get_layer("stem").use_bias
