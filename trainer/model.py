@@ -1,7 +1,8 @@
 """Model architectures, by name: `build_model("tutorial", ...)`.
 
 `tutorial` is exactly the CNN of TensorFlow's "Simple audio recognition" tutorial
-(1,625,611 parameters for eight labels). Every model takes the stored STFT magnitude,
+(1,625,611 parameters for eight labels). `kws` is the log-mel residual CNN of
+`trainer.kws_model`, the default. Every model takes the stored STFT magnitude,
 float32 [batch, 124, 129], and returns logits.
 """
 
@@ -14,8 +15,12 @@ import tensorflow as tf
 from keras import layers
 
 from pipelines import contract
+from trainer import kws_model
 
 TUTORIAL = "tutorial"
+KWS = "kws"
+# Stem/stage widths of the default `kws` model, chosen on the validation split.
+KWS_CHANNELS = (24, 48, 96)
 
 
 def build_tutorial(num_labels: int, train_spectrograms: Optional[tf.data.Dataset] = None,
@@ -47,7 +52,12 @@ def build_tutorial(num_labels: int, train_spectrograms: Optional[tf.data.Dataset
     ], name=TUTORIAL)
 
 
-BUILDERS: dict[str, Callable[..., keras.Model]] = {TUTORIAL: build_tutorial}
+def build_kws(num_labels: int, **_) -> keras.Model:
+    """The log-mel residual CNN (see `trainer.kws_model.build_kws_model`)."""
+    return kws_model.build_kws_model(num_labels, channels=KWS_CHANNELS, name=KWS)
+
+
+BUILDERS: dict[str, Callable[..., keras.Model]] = {TUTORIAL: build_tutorial, KWS: build_kws}
 
 
 def build_model(name: str, num_labels: int, **options) -> keras.Model:

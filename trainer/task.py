@@ -166,7 +166,8 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
 
     history = read_history(job_dir)
     net.save(f"{job_dir}/model.keras")
-    export_dir = export.export_model(net, labels, f"{job_dir}/{export.EXPORT_DIR}")
+    export_dir = export.export_model(recipe.serving_model(net), labels,
+                                     f"{job_dir}/{export.EXPORT_DIR}")
     with tf.io.gfile.GFile(f"{job_dir}/{contract.LABELS_FILE}", "w") as handle:
         handle.write(contract.format_labels(labels))
     settings = {"model": args.model, "data_dir": args.data_dir, "seed": args.seed,
