@@ -6,6 +6,7 @@ Plain functions on path strings, shared by the pipeline, its launcher and the te
 from __future__ import annotations
 
 import hashlib
+import math
 import posixpath
 import re
 from typing import Iterable, NamedTuple, Optional
@@ -26,6 +27,13 @@ BACKGROUND_REASON = "background noise"
 SPLIT_SPEAKER = "speaker"
 SPLIT_RANDOM = "random"
 
+# The keyword-spotting setting of TensorFlow's speech_commands `prepare_data_index()`:
+# every word that is not wanted becomes `_unknown_`, and `_silence_` clips are cut from
+# the background noise. Both sort before lower-case words, so they get indices 0 and 1.
+UNKNOWN_LABEL = "_unknown_"
+SILENCE_LABEL = "_silence_"
+UNKNOWN_NOT_SAMPLED = "unknown word not sampled"
+
 
 class Entry(NamedTuple):
     """What to do with one listed file: a label to use, or a reason to skip it."""
@@ -39,13 +47,16 @@ def _parts(path: str, data_dir: str) -> list[str]:
     return [part for part in relative.replace("\\", "/").split("/") if part]
 
 
-def classify(path: str, data_dir: str, wanted: Optional[Iterable[str]] = None) -> Entry:
+def classify(path: str, data_dir: str, wanted: Optional[Iterable[str]] = None,
+             unknown: bool = False) -> Entry:
     """Decides whether a file under `data_dir` is a labelled clip.
 
     Args:
       path: the file's path (local or gs://), under `data_dir`.
       data_dir: the data folder; labels are its immediate sub-folders.
       wanted: if given, the only labels to keep (folders starting with `_` included).
+      unknown: label the clips of every other word folder (not starting with `_`) and
+        of a `_unknown_` folder as UNKNOWN_LABEL instead of skipping them.
 
     Returns:
       Entry(label, None) for a clip to use, Entry(None, reason) for a file to skip.
@@ -58,6 +69,10 @@ def classify(path: str, data_dir: str, wanted: Optional[Iterable[str]] = None) -
         return Entry(None, "not a .wav file")
     if folder == contract.BACKGROUND_NOISE_DIR:
         return Entry(None, BACKGROUND_REASON)
+    if unknown and folder == UNKNOWN_LABEL:
+        return Entry(UNKNOWN_LABEL, None)
+    if unknown and wanted is not None and folder not in set(wanted) and not folder.startswith("_"):
+        return Entry(UNKNOWN_LABEL, None)
     if wanted is not None:
         if folder not in set(wanted):
             return Entry(None, "label not selected")
@@ -67,9 +82,9 @@ def classify(path: str, data_dir: str, wanted: Optional[Iterable[str]] = None) -
 
 
 def label_folders(paths: Iterable[str], data_dir: str,
-                  wanted: Optional[Iterable[str]] = None) -> list[str]:
+                  wanted: Optional[Iterable[str]] = None, unknown: bool = False) -> list[str]:
     """The sorted labels that have at least one clip among `paths`."""
-    labels = {classify(path, data_dir, wanted).label for path in paths}
+    labels = {classify(path, data_dir, wanted, unknown).label for path in paths}
     labels.discard(None)
     return sorted(labels)
 
@@ -123,3 +138,107 @@ def split_for_file(path: str, seed: int, val_percent: float = 10.0,
     """
     parts = path.replace("\\", "/").rstrip("/").split("/")
     return split_for_key(f"{seed}/{'/'.join(parts[-2:])}", val_percent, test_percent)
+
+
+# --- the keyword-spotting setting: `_unknown_` and `_silence_` -------------------------
+
+def share(count: int, percent: float) -> int:
+    """How many `_unknown_` or `_silence_` examples go with `count` wanted-word examples.
+
+    TensorFlow's `prepare_data_index()`: ceil(count * percent / 100), per split. The
+    rounding keeps float noise (1000 * 1.1 / 100 = 11.000000000000002) from adding one.
+    """
+    return int(math.ceil(round(count * percent / 100.0, 9)))
+
+
+def _unit(key: str) -> float:
+    """A stable pseudo-random number in [0, 1) for a key."""
+    return int(hashlib.sha1(key.encode("utf-8")).hexdigest(), 16) / 2.0**160
+
+
+def sampling_rank(path: str, seed: int) -> int:
+    """The rank that decides which unknown-word clips are sampled (lowest first).
+
+    Keyed, like `split_for_file`, by the label folder and file name only, so the same
+    data set gives the same sample wherever it is stored.
+    """
+    parts = path.replace("\\", "/").rstrip("/").split("/")
+    key = f"unknown/{seed}/{'/'.join(parts[-2:])}"
+    return int(hashlib.sha1(key.encode("utf-8")).hexdigest(), 16)
+
+
+def sample_threshold(ranks: Iterable[int], wanted_count: int, percent: float) -> int:
+    """The highest rank to keep so that `share(wanted_count, percent)` clips are sampled.
+
+    Args:
+      ranks: `sampling_rank` of every unknown-word clip of one split.
+      wanted_count: wanted-word examples of that split.
+      percent: --unknown-percent.
+
+    Returns:
+      Keep a clip when its rank is <= this; -1 keeps none. Takes every clip when there
+      are fewer than asked for.
+    """
+    ordered = sorted(ranks)
+    count = min(share(wanted_count, percent), len(ordered))
+    return ordered[count - 1] if count else -1
+
+
+def split_bounds(num_samples: int, split: str, val_percent: float = 10.0,
+                 test_percent: float = 10.0) -> tuple[int, int]:
+    """The samples [start, end) of a noise recording reserved for one split.
+
+    Train takes the first (100 - val - test)%, val the next val%, test the last test%,
+    so no stretch of noise is in two splits.
+    """
+    val_start = int(round(num_samples * (100.0 - val_percent - test_percent) / 100.0))
+    test_start = int(round(num_samples * (100.0 - test_percent) / 100.0))
+    return {contract.TRAIN: (0, val_start), contract.VAL: (val_start, test_start),
+            contract.TEST: (test_start, num_samples)}[split]
+
+
+class Crop(NamedTuple):
+    """One `_silence_` clip: samples [start, start + length) of a recording, times gain."""
+    start: int
+    length: int
+    gain: float
+
+
+def silence_crops(recording: int, num_recordings: int, num_samples: int, split: str,
+                  count: int, val_percent: float = 10.0, test_percent: float = 10.0,
+                  seed: int = 42) -> list[Crop]:
+    """The `_silence_` clips one noise recording gives to one split.
+
+    The split's `count` clips are dealt to the recordings in turn (clip i to recording
+    i % num_recordings). Each starts at a pseudo-random point of the recording's part
+    for that split (`split_bounds`) and is scaled by a pseudo-random gain in [0, 1], as
+    TensorFlow's silence is background noise at a random volume. Both are hashes of
+    (seed, split, i): the same flags always give the same clips.
+
+    Args:
+      recording: index of this recording among the sorted recordings.
+      num_recordings: how many recordings there are.
+      num_samples: the recording's length at 16 kHz.
+      split: train, val or test.
+      count: `_silence_` clips wanted in that split, from all recordings together.
+      val_percent, test_percent: the split percentages, which also divide the recording.
+      seed: --seed.
+
+    Returns:
+      The crops; one shorter than a clip (a part of a very short recording) is zero-padded
+      by the featurisation.
+    """
+    start, end = split_bounds(num_samples, split, val_percent, test_percent)
+    room = max(end - start - contract.CLIP_SAMPLES, 0)
+    crops = []
+    for i in range(recording, count, num_recordings):
+        key = f"silence/{seed}/{split}/{i}"
+        offset = min(int(_unit(key + "/start") * (room + 1)), room)
+        crops.append(Crop(start + offset, min(contract.CLIP_SAMPLES, end - start),
+                          round(_unit(key + "/gain"), 4)))
+    return crops
+
+
+def silence_path(recording_path: str, crop: Crop) -> str:
+    """The `path` feature of a `_silence_` clip: its recording, start and gain."""
+    return f"{recording_path}#start={crop.start},gain={crop.gain:.4f}"

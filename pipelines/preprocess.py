@@ -4,9 +4,15 @@ Reads DIR/<label>/*.wav (local or gs://), computes the tutorial's STFT magnitude
 spectrogram for each clip, splits by a hash of the speaker and writes
 OUT/{train,val,test}/ shards, OUT/labels.txt, OUT/metadata.json and OUT/rejected/.
 
+With --unknown-percent and --silence-percent it makes TensorFlow's keyword-spotting
+classes: `_unknown_` (a sample of the words not in --labels) and `_silence_` (one-second
+clips of the background noise at a random volume), each a percentage of every split.
+
 Locally (in-memory DirectRunner, or several processes)::
 
     python -m pipelines.preprocess --data-dir data/sample --output-dir runs/sample/data
+    python -m pipelines.preprocess --data-dir DIR --output-dir OUT --labels yes,no,up,down \\
+        --unknown-percent 10 --silence-percent 10
     python -m pipelines.preprocess --data-dir DIR --output-dir OUT \\
         --direct_running_mode multi_processing --direct_num_workers 2
 
@@ -48,12 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
                         default=dataset.SPLIT_SPEAKER,
                         help="speaker: by a hash of the speaker id (default); random: per "
                              "file, seeded, like the tutorial (leaks speakers)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of --split random")
+    parser.add_argument("--seed", type=int, default=42,
+                        help="seed of --split random, of the _unknown_ sample and of the "
+                             "_silence_ clips")
     parser.add_argument("--split-salt", default=dataset.DEFAULT_SPLIT_SALT,
                         help="salt of the speaker hash; '' reproduces TensorFlow's "
                              "which_set() exactly")
     parser.add_argument("--val-percent", type=float, default=10.0)
     parser.add_argument("--test-percent", type=float, default=10.0)
+    parser.add_argument("--unknown-percent", type=float, default=None, metavar="P",
+                        help="add an _unknown_ class: the clips of every other word "
+                             "folder (and of a _unknown_ folder), sampled to P%% of each "
+                             "split's wanted-word examples (default: other words skipped)")
+    parser.add_argument("--silence-percent", type=float, default=None, metavar="P",
+                        help="add a _silence_ class: one-second clips of the "
+                             "_background_noise_ recordings at a random volume, P%% of each "
+                             "split's wanted-word examples")
     parser.add_argument("--num-shards", type=int, default=0,
                         help="shards per split (0: chosen by the runner)")
     parser.add_argument("--waveforms", action=argparse.BooleanOptionalAction, default=True,
@@ -79,14 +95,29 @@ def list_inputs(data_dir: str) -> list[str]:
     return [meta.path for result in results for meta in result.metadata_list]
 
 
-def check_inputs(data_dir: str, wanted: Optional[list[str]]) -> list[str]:
-    """Validates DIR and returns the sorted labels, or raises UserError."""
+def check_inputs(data_dir: str, wanted: Optional[list[str]], unknown: bool = False,
+                 silence: bool = False) -> list[str]:
+    """Validates DIR and returns the sorted labels, or raises UserError.
+
+    With `unknown` the labels include `_unknown_`, with `silence` `_silence_`.
+    """
     if "://" not in data_dir and not FileSystems.exists(data_dir):
         raise errors.UserError(f"{data_dir}: data folder not found")
     paths = list_inputs(data_dir)
     if not paths:
         raise errors.UserError(f"{data_dir}: no files found")
-    labels = dataset.label_folders(paths, data_dir, wanted)
+    labels = dataset.label_folders(paths, data_dir, wanted, unknown)
+    if unknown and dataset.UNKNOWN_LABEL not in labels:
+        raise errors.UserError(
+            f"{data_dir}: --unknown-percent needs .wav files of other words (folders not "
+            f"in --labels, or {dataset.UNKNOWN_LABEL}/)")
+    if silence:
+        if not any(dataset.classify(path, data_dir).skip_reason == dataset.BACKGROUND_REASON
+                   for path in paths):
+            raise errors.UserError(
+                f"{data_dir}: --silence-percent needs a {contract.BACKGROUND_NOISE_DIR}/ "
+                "folder of .wav noise recordings")
+        labels = sorted(labels + [dataset.SILENCE_LABEL])
     if wanted:
         missing = sorted(set(wanted) - set(labels))
         if missing:
@@ -141,12 +172,17 @@ class WriteMetadata(beam.DoFn):
         per_split = {split: {} for split in contract.SPLITS}
         for (split, label), count in examples.items():
             per_split[split][label] = count
-        written = sum(examples.values())
+        # `_silence_` examples are cut from the background recordings, not read from files.
+        silence = (sum(count for (_, label), count in examples.items()
+                       if label == dataset.SILENCE_LABEL)
+                   if self._static.get("silence_percent") is not None else 0)
+        written = sum(examples.values()) - silence
         metadata = dict(self._static)
         metadata.update({
             "counts": {split: {"total": sum(labels.values()), "per_label": dict(sorted(labels.items()))}
                        for split, labels in per_split.items()},
             "examples_written": written,
+            "silence_written": silence,
             "rejected": sum(rejected.values()),
             "rejected_by_reason": dict(sorted(rejected.items())),
             "skipped": sum(skipped.values()),
@@ -165,31 +201,79 @@ def _reason(line: str) -> str:
     return json.loads(line)["reason"].split(" (")[0]
 
 
+def wanted_labels(args: argparse.Namespace) -> Optional[list[str]]:
+    """The words of --labels, or None for every folder not starting with _."""
+    return [label.strip() for label in args.labels.split(",")] if args.labels else None
+
+
+def add_keyword_classes(results, args: argparse.Namespace, labels: list[str],
+                        featurize_args: tuple):
+    """Adds the `_unknown_` and `_silence_` examples to the featurised clips.
+
+    Both are sized from each split's wanted-word example count (a side input), as
+    TensorFlow's `prepare_data_index()` sizes them. Returns the flattened (examples,
+    rejected, skipped) PCollections.
+    """
+    wanted_counts = (results.examples
+                     | "KeyWanted" >> beam.Map(lambda example: example[0])
+                     | "CountWanted" >> beam.combiners.Count.PerElement())
+    examples, rejected, skipped = [results.examples], [results.rejected], [results.skipped]
+    if args.unknown_percent is not None:
+        sampled, not_sampled = (results[transforms.UNKNOWN]
+                                | "SampleUnknown" >> transforms.SampleUnknown(
+                                    wanted_counts, args.unknown_percent, args.seed))
+        unknown = sampled | "FeaturizeUnknown" >> beam.ParDo(
+            transforms.FeaturizeUnknown(*featurize_args)).with_outputs(
+                transforms.REJECTED, main="examples")
+        examples.append(unknown.examples)
+        rejected.append(unknown.rejected)
+        skipped.append(not_sampled)
+    if args.silence_percent is not None:
+        noise = results[transforms.NOISE]
+        examples.append(noise | "CutSilence" >> beam.ParDo(
+            transforms.CutSilence(labels.index(dataset.SILENCE_LABEL), args.silence_percent,
+                                  args.val_percent, args.test_percent, args.seed,
+                                  args.waveforms),
+            paths=beam.pvalue.AsList(noise),
+            wanted=beam.pvalue.AsDict(wanted_counts)))
+    return (tuple(examples) | "AllExamples" >> beam.Flatten(),
+            tuple(rejected) | "AllRejected" >> beam.Flatten(),
+            tuple(skipped) | "AllSkipped" >> beam.Flatten())
+
+
 def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, labels: list[str],
                    static_metadata: dict) -> None:
     """Adds the preprocessing graph to `pipeline`."""
     out = args.output_dir.rstrip("/")
     base = args.data_dir.rstrip("/")
-    wanted = labels if args.labels else None
+    wanted = wanted_labels(args)
+    unknown = args.unknown_percent is not None
+    silence = args.silence_percent is not None
     compression = (CompressionTypes.GZIP if args.compression == "gzip"
                    else CompressionTypes.UNCOMPRESSED)
     suffix = contract.SHARD_SUFFIX + (contract.GZIP_SUFFIX if args.compression == "gzip" else "")
 
+    featurize_args = (args.data_dir, labels, args.split, args.seed, args.val_percent,
+                      args.test_percent, wanted, args.split_salt, args.waveforms, unknown, silence)
+    outputs = [transforms.REJECTED, transforms.SKIPPED, transforms.BACKGROUND]
+    outputs += [transforms.UNKNOWN] if unknown else []
+    outputs += [transforms.NOISE] if silence else []
     results = (pipeline
                | "List" >> transforms.MatchPatterns([f"{base}/*", f"{base}/*/*"])
-               | "Featurize" >> beam.ParDo(transforms.FeaturizeFile(
-                   args.data_dir, labels, args.split, args.seed, args.val_percent,
-                   args.test_percent, wanted, args.split_salt, args.waveforms)).with_outputs(
-                       transforms.REJECTED, transforms.SKIPPED, transforms.BACKGROUND,
-                       main="examples"))
+               | "Featurize" >> beam.ParDo(transforms.FeaturizeFile(*featurize_args))
+               .with_outputs(*outputs, main="examples"))
+    examples, rejected, skipped = results.examples, results.rejected, results.skipped
+    if unknown or silence:
+        examples, rejected, skipped = add_keyword_classes(
+            results, args, labels, featurize_args)
 
-    by_split = results.examples | "Route" >> beam.Partition(
+    by_split = examples | "Route" >> beam.Partition(
         lambda example, _: contract.SPLITS.index(example[0]), len(contract.SPLITS))
     written = []
-    for split, examples in zip(contract.SPLITS, by_split):
+    for split, split_examples in zip(contract.SPLITS, by_split):
         title = split.capitalize()
         written.append(
-            examples
+            split_examples
             | f"Records{title}" >> beam.Map(lambda example: example[2])
             | f"Write{title}" >> beam.io.WriteToTFRecord(
                 f"{out}/{split}/{contract.SHARD_PREFIX}", file_name_suffix=suffix,
@@ -200,17 +284,17 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, labels: li
                       file_name_suffix=contract.SHARD_SUFFIX, num_shards=1))
     background_count = (results.background
                         | "CountBackground" >> beam.combiners.Count.Globally())
-    (results.rejected
+    (rejected
      | "WriteRejected" >> beam.io.WriteToText(
          f"{out}/{contract.REJECTED_DIR}/rejected", file_name_suffix=".jsonl"))
 
-    example_counts = (results.examples
+    example_counts = (examples
                       | "KeyExamples" >> beam.Map(lambda example: (example[0], example[1]))
                       | "CountExamples" >> beam.combiners.Count.PerElement())
-    rejected_counts = (results.rejected
+    rejected_counts = (rejected
                        | "KeyRejected" >> beam.Map(_reason)
                        | "CountRejected" >> beam.combiners.Count.PerElement())
-    skipped_counts = results.skipped | "CountSkipped" >> beam.combiners.Count.PerElement()
+    skipped_counts = skipped | "CountSkipped" >> beam.combiners.Count.PerElement()
     shard_files = written | "AllShards" >> beam.Flatten()
     (pipeline
      | "Once" >> beam.Create([None])
@@ -241,22 +325,41 @@ def summary_table(metadata: dict) -> str:
     lines.append(f"files read {metadata['files_read']} = examples {metadata['examples_written']}"
                  f" + background noise {metadata['background_recordings']}"
                  f" + rejected {metadata['rejected']} + skipped {metadata['skipped']}")
+    if metadata.get("silence_percent") is not None:
+        lines.append(f"plus {metadata['silence_written']} {dataset.SILENCE_LABEL} examples cut "
+                     "from the background noise (not files)")
     for title, key in (("rejected", "rejected_by_reason"), ("skipped", "skipped_by_reason")):
         for reason, count in metadata[key].items():
             lines.append(f"  {title:<8} {count:>6}  {reason}")
     return "\n".join(lines)
 
 
+def check_keyword_options(args: argparse.Namespace, wanted: Optional[list[str]]) -> None:
+    """Raises UserError for a negative percentage or a --labels that names a made class."""
+    for flag, label in (("unknown_percent", dataset.UNKNOWN_LABEL),
+                        ("silence_percent", dataset.SILENCE_LABEL)):
+        percent = getattr(args, flag)
+        if percent is None:
+            continue
+        name = f"--{flag.replace('_', '-')}"
+        if percent < 0:
+            raise errors.UserError(f"{name} must be >= 0")
+        if wanted and label in wanted:
+            raise errors.UserError(f"{name} makes the {label} class; leave it out of --labels")
+
+
 def run(argv: Optional[list[str]] = None) -> dict:
     """Runs preprocessing; returns the run's metadata. Raises UserError on bad input."""
     args, beam_args = build_parser().parse_known_args(argv)
-    wanted = [label.strip() for label in args.labels.split(",")] if args.labels else None
+    wanted = wanted_labels(args)
     for flag in ("val_percent", "test_percent"):
         if not 0 <= getattr(args, flag) < 100:
             raise errors.UserError(f"--{flag.replace('_', '-')} must be in [0, 100)")
     if args.val_percent + args.test_percent >= 100:
         raise errors.UserError("--val-percent + --test-percent must leave room for train")
-    labels = check_inputs(args.data_dir, wanted)
+    check_keyword_options(args, wanted)
+    labels = check_inputs(args.data_dir, wanted, args.unknown_percent is not None,
+                          args.silence_percent is not None)
     prepare_output(args.output_dir, args.overwrite)
     out = args.output_dir.rstrip("/")
     write_text(f"{out}/{contract.LABELS_FILE}", contract.format_labels(labels))
@@ -270,6 +373,10 @@ def run(argv: Optional[list[str]] = None) -> dict:
                   "test_percent": args.test_percent,
                   "salt": args.split_salt if args.split == dataset.SPLIT_SPEAKER else None,
                   "seed": args.seed if args.split == dataset.SPLIT_RANDOM else None},
+        "unknown_percent": args.unknown_percent,
+        "silence_percent": args.silence_percent,
+        "keyword_seed": (args.seed if args.unknown_percent is not None
+                         or args.silence_percent is not None else None),
         "compression": args.compression,
         "waveforms": args.waveforms,
         "command_line": "python -m pipelines.preprocess " + " ".join(
