@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from pipelines import audio, contract, preprocess
 from tests import wavs
-from trainer import data, evaluate, features, model, predict, recipes, task
+from trainer import compare, data, evaluate, features, model, predict, recipes, task
 
 LABELS = ["no", "up", "yes"]
 
@@ -189,3 +189,20 @@ def test_killed_run_resumes_from_its_last_epoch(data_dir, tmp_path):
     assert "Resuming from the backup" in resumed.stdout
     history = task.read_history(str(job))
     assert len(history["loss"]) == done + 1  # one more epoch, not a fresh start
+
+
+def test_compare_trains_each_seed_and_reuses_finished_runs(data_dir, tmp_path, capsys):
+    command = ["--data-dir", str(data_dir), "--work-dir", str(tmp_path), "--models",
+               "tutorial", "--seeds", "7", "--clips", "3", "--epochs", "1"]
+    first = compare.run(command)
+    job = tmp_path / "tutorial-seed7"
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert first[0]["runs"][0]["test_accuracy"] == metrics["test_accuracy"]
+    assert first[0]["latency"]["p50_ms"] > 0 and first[0]["latency"]["rounds"] == 3
+    (job / "metrics.json").unlink()  # a reused run is not trained again
+    again = compare.run(command + ["--reuse"])
+    assert again[0]["runs"] == first[0]["runs"]
+    assert not (job / "metrics.json").exists()
+    table = capsys.readouterr().out
+    assert "p50 / tutorial" in table and "1.00x" in table
+    assert json.loads((tmp_path / "results.json").read_text())[0]["model"] == "tutorial"

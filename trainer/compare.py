@@ -5,10 +5,14 @@
 
 For every model and seed it runs the real training command (`python -m trainer.task`,
 as a separate process, timed whole), reads the test accuracy from its metrics.json, and
-measures single-clip prediction latency (WAV file to label, warm model) of the first
-seed's export. `--reference` adds the tutorial notebook's own code on the same split
+then measures single-clip prediction latency (WAV file to label, warm model) of each
+model's first-seed export, in alternating rounds so every model sees the same machine
+load. `--reference` adds the tutorial notebook's own code on the same split
 (`trainer.reference`). Prints one row per model: parameters, test accuracy per seed,
-mean and spread, training time, latency; writes WORK/results.json.
+mean and spread, training time, latency (and its ratio to the tutorial model's when
+that is in the table); writes WORK/results.json. `--reuse` keeps finished runs of an
+earlier call (their recorded training time included) instead of training them again.
+Flags it does not know go to `trainer.task`.
 """
 
 from __future__ import annotations
@@ -24,10 +28,18 @@ from typing import Optional
 import tensorflow as tf
 
 from pipelines.errors import UserError, run_cli
-from trainer import benchmark, recipes, reference
+from trainer import benchmark, model as models, recipes, reference
 
 
-def train(data_dir: str, job_dir: str, model: str, seed: int, extra: list[str]) -> dict:
+RUN_FILE = "compare_run.json"
+LATENCY_ROUNDS = 3
+
+
+def train(data_dir: str, job_dir: str, model: str, seed: int, extra: list[str],
+          reuse: bool = False) -> dict:
+    if reuse and tf.io.gfile.exists(f"{job_dir}/{RUN_FILE}"):
+        with tf.io.gfile.GFile(f"{job_dir}/{RUN_FILE}", "r") as handle:
+            return json.load(handle)
     command = [sys.executable, "-m", "trainer.task", "--data-dir", data_dir, "--job-dir",
                job_dir, "--model", model, "--seed", str(seed), "--verbose", "0",
                "--no-report"] + extra
@@ -38,9 +50,24 @@ def train(data_dir: str, job_dir: str, model: str, seed: int, extra: list[str]) 
         raise UserError(f"{' '.join(command)} failed: {result.stderr.strip()[-500:]}")
     with tf.io.gfile.GFile(f"{job_dir}/metrics.json", "r") as handle:
         metrics = json.load(handle)
-    return {"seed": seed, "test_accuracy": metrics["test_accuracy"],
-            "parameters": metrics["parameters"], "train_seconds": seconds,
-            "command": " ".join(command[1:])}
+    record = {"seed": seed, "test_accuracy": metrics["test_accuracy"],
+              "parameters": metrics["parameters"], "train_seconds": seconds,
+              "command": " ".join(["python"] + command[1:])}
+    with tf.io.gfile.GFile(f"{job_dir}/{RUN_FILE}", "w") as handle:
+        json.dump(record, handle, indent=2)
+    return record
+
+
+def interleaved_latency(job_dirs: dict[str, str], paths: list[str],
+                        rounds: int = LATENCY_ROUNDS) -> dict[str, dict]:
+    """Median over `rounds` of each model's p50/p95, the models measured in turn."""
+    samples = {name: [] for name in job_dirs}
+    for _ in range(rounds):
+        for name, job_dir in job_dirs.items():
+            samples[name].append(benchmark.latency(job_dir, paths))
+    return {name: {key: statistics.median(s[key] for s in runs)
+                   for key in ("p50_ms", "p95_ms")} | {"clips": len(paths), "rounds": rounds}
+            for name, runs in samples.items()}
 
 
 def summarize(name: str, runs: list[dict]) -> dict:
@@ -52,8 +79,11 @@ def summarize(name: str, runs: list[dict]) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
+    base = next((row.get("latency", {}).get("p50_ms") for row in rows
+                 if row["model"] == models.TUTORIAL), None)
     lines = [f"{'model':<22}{'params':>10}  {'test accuracy per seed':<26}{'mean':>7}"
-             f"{'spread':>8}{'train':>9}{'p50 ms':>8}{'p95 ms':>8}"]
+             f"{'spread':>8}{'train':>9}{'p50 ms':>8}{'p95 ms':>8}"
+             + (f"{'p50 / tutorial':>16}" if base else "")]
     for row in rows:
         seeds = " ".join(f"{run['test_accuracy']:.3f}" for run in row["runs"])
         latency = row.get("latency") or {}
@@ -62,7 +92,8 @@ def format_table(rows: list[dict]) -> str:
         lines.append(
             f"{row['model']:<22}{params:>10}  {seeds:<26}{row['mean_accuracy']:>7.3f}"
             f"{row['max_accuracy'] - row['min_accuracy']:>8.3f}{train_time:>9}"
-            f"{latency.get('p50_ms', float('nan')):>8.2f}{latency.get('p95_ms', float('nan')):>8.2f}")
+            f"{latency.get('p50_ms', float('nan')):>8.2f}{latency.get('p95_ms', float('nan')):>8.2f}"
+            + (f"{latency['p50_ms'] / base:>15.2f}x" if base and latency else ""))
     return "\n".join(lines)
 
 
@@ -77,6 +108,8 @@ def run(argv: Optional[list[str]] = None) -> list[dict]:
     parser.add_argument("--reference", action="store_true",
                         help="also run the tutorial notebook's own code on the same split")
     parser.add_argument("--clips", type=int, default=200, help="clips for the latency")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep runs an earlier call finished in WORK")
     args, extra = parser.parse_known_args(argv)
     rows = []
     paths = benchmark.test_clip_paths(args.data_dir, args.clips)
@@ -84,13 +117,15 @@ def run(argv: Optional[list[str]] = None) -> list[dict]:
         runs = []
         for seed in args.seeds:
             job = f"{args.work_dir.rstrip('/')}/{model}-seed{seed}"
-            runs.append(train(args.data_dir, job, model, seed, extra))
+            runs.append(train(args.data_dir, job, model, seed, extra, args.reuse))
             print(f"{model} seed {seed}: test accuracy {runs[-1]['test_accuracy']:.4f} "
                   f"({runs[-1]['train_seconds']:.0f} s)", flush=True)
-        row = summarize(model, runs)
-        row["latency"] = benchmark.latency(
-            f"{args.work_dir.rstrip('/')}/{model}-seed{args.seeds[0]}", paths)
-        rows.append(row)
+        rows.append(summarize(model, runs))
+    latencies = interleaved_latency(
+        {model: f"{args.work_dir.rstrip('/')}/{model}-seed{args.seeds[0]}"
+         for model in args.models}, paths)
+    for row in rows:
+        row["latency"] = latencies[row["model"]]
     if args.reference:
         runs = [{"seed": seed, "test_accuracy": reference.tutorial_accuracy(args.data_dir, seed)}
                 for seed in args.seeds]
