@@ -223,11 +223,11 @@ class Recipe:
       label_smoothing: of the cross-entropy targets.
       ema_decay: per-step decay of `WeightAverage` (0 disables it).
     """
-    epochs: int = 60
+    epochs: int = 100
     batch_size: int = 64
     peak_learning_rate: float = 3e-3
     warmup_epochs: int = 3
-    weight_decay: float = 1e-3
+    weight_decay: float = 0.05
     label_smoothing: float = 0.1
     ema_decay: float = 0.99
 

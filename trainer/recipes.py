@@ -68,12 +68,12 @@ class KwsRecipe(Recipe):
     No early stopping: the schedule is as long as the run. Values chosen on the
     validation split of the speaker-split 8-word subset (see README, "Accuracy").
     """
-    epochs: int = 60
+    epochs: int = 100
     learning_rate: float = 3e-3  # the peak, reached after the warm-up
     patience: int = 0
     needs_waveforms: bool = True
     warmup_epochs: int = 3
-    weight_decay: float = 1e-3
+    weight_decay: float = 0.05
     label_smoothing: float = 0.1
     ema_decay: float = 0.99
 
