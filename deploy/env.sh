@@ -17,3 +17,27 @@ TRAINER_IMAGE="${TRAINER_IMAGE:-${REGISTRY}/trainer:${TAG}}"       # deploy/vert
 
 # Worker identity for Dataflow and Vertex AI ("" = the project's default service accounts).
 SERVICE_ACCOUNT="${SERVICE_ACCOUNT:-}"
+
+# dataflow_flags JOB_NAME: the Beam flags every Dataflow launch in deploy/ uses, in the
+# array BEAM_FLAGS (reads MACHINE_TYPE and MAX_WORKERS). Workers start in seconds from the
+# image of deploy/dataflow/Dockerfile; with WORKER_IMAGE= they install the package's
+# dependencies (TensorFlow included) from setup.py at start-up instead.
+dataflow_flags() {
+  BEAM_FLAGS=(
+    --runner DataflowRunner
+    --project "$PROJECT"
+    --region "$REGION"
+    --job_name "$1"
+    --temp_location "gs://${BUCKET}/tmp"
+    --staging_location "gs://${BUCKET}/staging"
+    --machine_type "${MACHINE_TYPE:-n2-standard-4}"
+    --max_num_workers "${MAX_WORKERS:-10}"
+    --setup_file ./setup.py
+  )
+  if [[ -n "${WORKER_IMAGE}" ]]; then
+    BEAM_FLAGS+=(--sdk_container_image "$WORKER_IMAGE" --sdk_location container)
+  fi
+  if [[ -n "$SERVICE_ACCOUNT" ]]; then
+    BEAM_FLAGS+=(--service_account_email "$SERVICE_ACCOUNT")
+  fi
+}

@@ -239,3 +239,25 @@ def test_vertex_job_spec_renders_to_a_valid_custom_job():
                   "gs://kws-bucket/runs/run1/train-t1", "--dry-run", "--", "--epochs", "3",
                   'a "quoted" value'], cwd=REPO)
     assert custom_job.CustomJobSpec(json.loads(result.stdout)) == parsed
+
+
+@pytest.mark.parametrize("script, variables", [
+    ("run_preprocess.sh", {"RUN": "r1"}),
+    ("run_predict.sh", {"PREDICTION_RUN": "r1", "MODEL_DIR": "gs://b/job"}),
+])
+def test_dataflow_scripts_pass_every_flag(script, variables):
+    """The launch scripts expand to the pipeline's command with the Dataflow flags."""
+    base = {"PATH": os.environ["PATH"], "PYTHON": "echo", "PROJECT": "p", "BUCKET": "b",
+            "TAG": "t", **variables}
+    command = [str(REPO / "deploy" / "dataflow" / script), "--extra", "1"]
+    with_image = subprocess.run(command, env=base, capture_output=True, text=True,
+                                check=True).stdout.split()
+    for flag, value in [("--runner", "DataflowRunner"), ("--project", "p"),
+                        ("--temp_location", "gs://b/tmp"), ("--setup_file", "./setup.py"),
+                        ("--job_name", f"kws-{script[4:-3]}-r1"), ("--extra", "1"),
+                        ("--sdk_container_image",
+                         "europe-west1-docker.pkg.dev/p/kws/beam-worker:t")]:
+        assert with_image[with_image.index(flag) + 1] == value, flag
+    stock = subprocess.run(command, env={**base, "WORKER_IMAGE": ""}, capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert "--sdk_container_image" not in stock and "--setup_file" in stock

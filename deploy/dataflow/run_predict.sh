@@ -24,23 +24,7 @@ PYTHON="${PYTHON:-python}"
 
 cd "$(dirname "$DEPLOY")"
 
-BEAM_FLAGS=(
-  --runner DataflowRunner
-  --project "$PROJECT"
-  --region "$REGION"
-  --job_name "kws-predict-${PREDICTION_RUN}"
-  --temp_location "gs://${BUCKET}/tmp"
-  --staging_location "gs://${BUCKET}/staging"
-  --machine_type "$MACHINE_TYPE"
-  --max_num_workers "$MAX_WORKERS"
-  --setup_file ./setup.py
-)
-if [[ -n "${WORKER_IMAGE}" ]]; then
-  BEAM_FLAGS+=(--sdk_container_image "$WORKER_IMAGE" --sdk_location container)
-fi
-if [[ -n "$SERVICE_ACCOUNT" ]]; then
-  BEAM_FLAGS+=(--service_account_email "$SERVICE_ACCOUNT")
-fi
+dataflow_flags "kws-predict-${PREDICTION_RUN}"
 
 "$PYTHON" -m pipelines.predict \
   --input "$INPUT" \

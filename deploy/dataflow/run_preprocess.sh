@@ -23,25 +23,7 @@ PYTHON="${PYTHON:-python}"   # the interpreter of the project's virtualenv
 # --setup_file ./setup.py is resolved from the repository root.
 cd "$(dirname "$DEPLOY")"
 
-BEAM_FLAGS=(
-  --runner DataflowRunner
-  --project "$PROJECT"
-  --region "$REGION"
-  --job_name "kws-preprocess-${RUN}"
-  --temp_location "gs://${BUCKET}/tmp"
-  --staging_location "gs://${BUCKET}/staging"
-  --machine_type "$MACHINE_TYPE"
-  --max_num_workers "$MAX_WORKERS"
-  --setup_file ./setup.py
-)
-# Workers start in seconds from the image of deploy/dataflow/Dockerfile; without it they
-# install the package's dependencies (TensorFlow included) from setup.py at start-up.
-if [[ -n "${WORKER_IMAGE}" ]]; then
-  BEAM_FLAGS+=(--sdk_container_image "$WORKER_IMAGE" --sdk_location container)
-fi
-if [[ -n "$SERVICE_ACCOUNT" ]]; then
-  BEAM_FLAGS+=(--service_account_email "$SERVICE_ACCOUNT")
-fi
+dataflow_flags "kws-preprocess-${RUN}"
 
 "$PYTHON" -m pipelines.preprocess \
   --data-dir "$DATA_DIR" \
