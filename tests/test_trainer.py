@@ -61,6 +61,16 @@ def test_dataset_streams_batches_with_declared_cardinality(data_dir):
     assert waves.shape == (2, contract.CLIP_SAMPLES)
 
 
+def test_training_dataset_repeats_without_end(data_dir):
+    size = data.read_metadata(str(data_dir))["counts"]["train"]["total"]
+    files = data.shard_files(str(data_dir), "train")
+    dataset = data.make_dataset(files, 4, True, seed=1, repeat=True, num_examples=size)
+    assert int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY)
+    labels = np.concatenate([b[1].numpy() for b in dataset.take(-(-3 * size // 4))])
+    assert len(labels) >= 3 * size
+    assert set(labels.tolist()) == set(range(len(LABELS)))
+
+
 def test_corrupt_shard_is_named(data_dir, tmp_path):
     files = data.shard_files(str(data_dir), "train")
     broken = tmp_path / "data-00000-of-00001.tfrecord"
@@ -206,3 +216,10 @@ def test_compare_trains_each_seed_and_reuses_finished_runs(data_dir, tmp_path, c
     table = capsys.readouterr().out
     assert "p50 / tutorial" in table and "1.00x" in table
     assert json.loads((tmp_path / "results.json").read_text())[0]["model"] == "tutorial"
+
+
+def test_input_benchmark_times_every_epoch_of_both_inputs(data_dir):
+    from trainer import benchmark
+    times = benchmark.epoch_times(str(data_dir), epochs=2, batch_size=4, seed=1, rounds=1)
+    assert times["epochs"] == times["in_memory_epochs"] == 2
+    assert times["streaming"] > 0 and times["in_memory"] > 0

@@ -69,7 +69,7 @@ def _compression(files: list[str]) -> str:
 def make_dataset(files: list[str], batch_size: int, shuffle: bool, *,
                  seed: Optional[int] = None, waveform: bool = False,
                  shuffle_buffer: int = 4096, num_examples: Optional[int] = None,
-                 keep_features: bool = False) -> tf.data.Dataset:
+                 keep_features: bool = False, repeat: bool = False) -> tf.data.Dataset:
     """Batches of (spectrogram, label) from TFRecord shards.
 
     Args:
@@ -82,6 +82,9 @@ def make_dataset(files: list[str], batch_size: int, shuffle: bool, *,
       num_examples: if known (metadata), declared as the cardinality so progress bars
         know the epoch length.
       keep_features: yield the whole parsed feature dict instead of a pair.
+      repeat: pass over the shards endlessly (training with `steps_per_epoch`): the
+        shuffle buffer then stays full across epochs instead of being refilled, before
+        the first batch, at the start of each one.
 
     Returns:
       A tf.data.Dataset.
@@ -90,6 +93,8 @@ def make_dataset(files: list[str], batch_size: int, shuffle: bool, *,
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
     dataset = dataset.interleave(
         lambda path: tf.data.TFRecordDataset(path, compression_type=compression),
         cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE,
@@ -106,7 +111,7 @@ def make_dataset(files: list[str], batch_size: int, shuffle: bool, *,
         return parsed[key], parsed[contract.LABEL]
 
     dataset = dataset.map(parse, num_parallel_calls=AUTOTUNE, deterministic=not shuffle)
-    if num_examples is not None:
+    if num_examples is not None and not repeat:
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(
             math.ceil(num_examples / batch_size)))
     return dataset.prefetch(AUTOTUNE)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from typing import Optional
 
 import keras
@@ -36,11 +37,14 @@ class Recipe:
         return dataclasses.replace(
             self, **{key: value for key, value in overrides.items() if value is not None})
 
-    def train_dataset(self, files: list[str], args: argparse.Namespace,
-                      num_examples: int) -> tf.data.Dataset:
+    def steps_per_epoch(self, num_examples: int) -> int:
+        """Optimiser steps per epoch (the training dataset repeats endlessly)."""
+        return max(1, math.ceil(num_examples / self.batch_size))
+
+    def train_dataset(self, files: list[str], args: argparse.Namespace) -> tf.data.Dataset:
+        """Endless shuffled training batches; `steps_per_epoch` of them make an epoch."""
         return data.make_dataset(files, self.batch_size, True, seed=args.seed,
-                                 shuffle_buffer=args.shuffle_buffer,
-                                 num_examples=num_examples)
+                                 shuffle_buffer=args.shuffle_buffer, repeat=True)
 
     def compile(self, net: keras.Model, train_size: int) -> None:
         net.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
@@ -81,23 +85,23 @@ class KwsRecipe(Recipe):
     label_smoothing: float = _KWS.label_smoothing
     ema_decay: float = _KWS.ema_decay
 
-    def train_dataset(self, files: list[str], args: argparse.Namespace,
-                      num_examples: int) -> tf.data.Dataset:
+    def steps_per_epoch(self, num_examples: int) -> int:
+        return max(1, num_examples // self.batch_size)
+
+    def train_dataset(self, files: list[str], args: argparse.Namespace) -> tf.data.Dataset:
         waveforms = data.make_dataset(files, self.batch_size, True, seed=args.seed,
-                                      waveform=True, shuffle_buffer=args.shuffle_buffer)
-        # Full batches only: the cardinality (for the progress bar) stays exact.
-        waveforms = waveforms.unbatch().batch(self.batch_size, drop_remainder=True)
+                                      waveform=True, shuffle_buffer=args.shuffle_buffer,
+                                      repeat=True)
         bank = background_bank(args.data_dir)
         augmented = augment.augment_dataset(waveforms, bank, seed=args.seed)
-        return augmented.apply(tf.data.experimental.assert_cardinality(
-            max(1, num_examples // self.batch_size))).prefetch(tf.data.AUTOTUNE)
+        return augmented.prefetch(tf.data.AUTOTUNE)
 
     def compile(self, net: keras.Model, train_size: int) -> None:
         kws_model.compile_with_recipe(net, kws_model.training_recipe(
             epochs=self.epochs, batch_size=self.batch_size,
             peak_learning_rate=self.learning_rate, warmup_epochs=self.warmup_epochs,
             weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
-            ema_decay=self.ema_decay), max(1, train_size // self.batch_size))
+            ema_decay=self.ema_decay), self.steps_per_epoch(train_size))
 
     def callbacks(self) -> list[keras.callbacks.Callback]:
         return [kws_model.WeightAverage(self.ema_decay)] if self.ema_decay else []

@@ -138,7 +138,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
     elif start is not None:
         print(f"Resuming from the backup in {checkpoint_dir}: epoch {start + 1}")
 
-    train_ds = recipe.train_dataset(files[contract.TRAIN], args, sizes[contract.TRAIN])
+    train_ds = recipe.train_dataset(files[contract.TRAIN], args)
     val_ds = data.make_dataset(files[contract.VAL], recipe.batch_size, False,
                                num_examples=sizes[contract.VAL])
     test_ds = data.make_dataset(files[contract.TEST], recipe.batch_size, False,
@@ -158,6 +158,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
     all_files = files[contract.TRAIN] + files[contract.VAL]
     data.guard_corruption(all_files, lambda: net.fit(
         train_ds, validation_data=val_ds, epochs=recipe.epochs, callbacks=callbacks,
+        steps_per_epoch=recipe.steps_per_epoch(sizes[contract.TRAIN]),
         verbose=args.verbose, shuffle=False))  # tf.data already shuffles
     if stop_on_nan.bad_epoch is not None:
         raise PartialFailure(f"training stopped: the loss became NaN or infinite in epoch "
