@@ -89,10 +89,16 @@ def inside(path: str | Path, folder: Path) -> bool:
 
 def test_installed_package_runs_preprocessing_outside_the_repo(wheel, tmp_path):
     venv = tmp_path / "venv"
+    # Without the repository on PYTHONPATH (conftest puts it there for Beam's workers):
+    # pip would see the editable install's metadata in it and install nothing.
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp_path)
     python = venv / "bin" / "python"
     run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-         "--no-index", "--disable-pip-version-check", "-q", str(wheel)], cwd=tmp_path)
+         "--no-index", "--disable-pip-version-check", "-q", str(wheel)], cwd=tmp_path,
+        env=env)
     assert (venv / "bin" / "kws-preprocess").exists()
     # Third-party packages from the project's venv (sys.prefix here), never the sources.
     project_venv = Path(sys.prefix)
@@ -109,9 +115,6 @@ def test_installed_package_runs_preprocessing_outside_the_repo(wheel, tmp_path):
             shutil.copy(wav, data / label / wav.name)
     work = tmp_path / "work"  # the current folder must not make the sources importable
     work.mkdir()
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
 
     lines = run([str(python), "-c", "import sys, pipelines.preprocess, trainer.features; "
                  "print(pipelines.__file__, trainer.__file__, *sys.path, sep='\\n')"],
