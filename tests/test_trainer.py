@@ -201,6 +201,33 @@ def test_killed_run_resumes_from_its_last_epoch(data_dir, tmp_path):
     assert len(history["loss"]) == done + 1  # one more epoch, not a fresh start
 
 
+class CrashingRecipe(recipes.Recipe):
+    """The tutorial recipe (no early stop) that dies when its third epoch begins."""
+
+    def callbacks(self):
+        class Crash(tf.keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                if epoch == 2:
+                    raise RuntimeError("simulated crash")
+        return [Crash()]
+
+
+def test_backup_cut_short_by_a_kill_resumes_from_the_one_before(data_dir, tmp_path,
+                                                                monkeypatch):
+    monkeypatch.setitem(model.BUILDERS, "crashing", model.build_tutorial)
+    monkeypatch.setitem(recipes.RECIPES, "crashing", CrashingRecipe(patience=100))
+    command = ["--data-dir", str(data_dir), "--job-dir", str(tmp_path / "job"),
+               "--model", "crashing", "--epochs", "4", "--verbose", "0", "--no-report"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        task.run(command)
+    latest = tmp_path / "job" / "checkpoints" / "latest.weights.h5"
+    assert (tmp_path / "job" / "checkpoints" / "latest.weights.h5.bkp").exists()
+    latest.write_bytes(latest.read_bytes()[:1000])  # as if killed while writing it
+    monkeypatch.setitem(recipes.RECIPES, "crashing", recipes.Recipe(patience=100))
+    metrics = task.run(command)
+    assert metrics["settings"]["epochs_run"] == 4
+
+
 def test_compare_trains_each_seed_and_reuses_finished_runs(data_dir, tmp_path, capsys):
     command = ["--data-dir", str(data_dir), "--work-dir", str(tmp_path), "--models",
                "tutorial", "--seeds", "7", "--clips", "3", "--epochs", "1"]

@@ -150,7 +150,8 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
 
     stop_on_nan = StopOnNaN()
     callbacks = [
-        keras.callbacks.BackupAndRestore(backup_dir=checkpoint_dir),
+        # Two backups: a run killed while writing one resumes from the other.
+        keras.callbacks.BackupAndRestore(backup_dir=checkpoint_dir, double_checkpoint=True),
         keras.callbacks.CSVLogger(f"{job_dir}/{HISTORY_CSV}", append=True),
         keras.callbacks.TensorBoard(log_dir=log_dir),
         stop_on_nan,
