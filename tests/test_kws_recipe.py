@@ -40,7 +40,7 @@ def test_default_model_is_the_small_keyword_model():
     assert model.build_model(model.KWS, 8).count_params() <= 250_000
 
 
-def test_default_run_trains_the_kws_recipe(job_dir, capsys):
+def test_default_run_trains_the_kws_recipe(job_dir):
     metrics = json.loads((job_dir / "metrics.json").read_text())
     assert metrics["model"] == model.KWS
     assert metrics["settings"]["recipe"] == "KwsRecipe"
