@@ -112,6 +112,24 @@ def test_export_signatures_agree_and_match_the_keras_model(job_dir):
         assert outputs["labels"].numpy().reshape(-1)[0].decode() == LABELS[int(expected.argmax())]
 
 
+def test_compiled_waveform_signature_takes_any_length(job_dir):
+    # The raw-audio path is XLA-compiled after padding; short, long and batched clips
+    # must still match the uncompiled spectrogram signature.
+    loaded = tf.saved_model.load(str(job_dir / "export"))
+    graph = loaded.signatures["waveform"].graph.as_graph_def()
+    compiled = [f for f in graph.library.function
+                if f.attr.get("_XlaMustCompile") and f.attr["_XlaMustCompile"].b]
+    assert compiled, "the waveform signature should run an XLA-compiled function"
+    clips = [wavs.read_clip(p)[0] for p in wavs.sample_clips("yes", 2)]
+    for waveform in ([clips[0][:7000]], [np.concatenate(clips)], [clips[0], clips[1]]):
+        batch = np.stack(waveform).astype(np.float32)
+        spectrogram = np.stack([audio.spectrogram(clip) for clip in batch])
+        by_wave = loaded.signatures["waveform"](waveform=tf.constant(batch))
+        by_spec = loaded.signatures["spectrogram"](spectrogram=tf.constant(spectrogram))
+        np.testing.assert_allclose(by_wave["probabilities"].numpy(),
+                                   by_spec["probabilities"].numpy(), atol=1e-4)
+
+
 def test_predict_reports_good_files_and_names_bad_ones(job_dir, tmp_path, capsys):
     good = [str(p) for p in wavs.sample_clips("yes", 2)]
     bad = tmp_path / "broken.wav"
