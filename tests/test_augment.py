@@ -155,30 +155,3 @@ def test_load_background_reads_records(tmp_path):
     assert bank.lengths.numpy().tolist() == [20_000]  # too-short recording dropped
     with pytest.raises(ValueError, match="no background-noise records"):
         augment.load_background(str(tmp_path / "missing"))
-
-
-def test_mixup_mixes_features_and_labels_with_the_same_weights():
-    features = np.random.default_rng(2).normal(size=(8, 3, 5)).astype(np.float32)
-    labels = np.arange(8)  # one class per clip: the soft label reveals the partner
-    mixed, soft = augment.mixup(tf.constant(features), tf.constant(labels), 8, SEED,
-                                alpha=0.4)
-    mixed, soft = mixed.numpy(), soft.numpy()
-    np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-6)
-    own = soft[labels, labels]
-    assert np.all(own >= 0.5 - 1e-6)  # the clip's own label keeps the larger share
-    assert np.any(own < 0.99)  # something was mixed
-    for row in range(8):
-        others = [j for j in range(8) if j != row and soft[row, j] > 0]
-        partner = others[0] if others else row
-        expected = own[row] * features[row] + (1 - own[row]) * features[partner]
-        np.testing.assert_allclose(mixed[row], expected, atol=1e-5)
-    again = augment.mixup(tf.constant(features), tf.constant(labels), 8, SEED, alpha=0.4)
-    np.testing.assert_array_equal(again[0].numpy(), mixed)
-
-
-def test_mixup_off_gives_one_hot_labels_and_the_same_batch():
-    features = tf.random.stateless_normal([5, 124, 129], SEED)
-    mixed, soft = augment.mixup(features, tf.constant([[2], [0], [1], [1], [0]]), 3, SEED,
-                                alpha=0.0)
-    np.testing.assert_array_equal(mixed.numpy(), features.numpy())
-    np.testing.assert_array_equal(soft.numpy().argmax(axis=1), [2, 0, 1, 1, 0])

@@ -43,7 +43,6 @@ NOISE_SHARE = 0.8  # share of clips that get background noise
 SNR_DB_RANGE = (5.0, 25.0)
 TIME_MASKS, MAX_TIME_MASK = 2, 12  # frames of 8 ms
 FREQ_MASKS, MAX_FREQ_MASK = 2, 12  # STFT bins of 62.5 Hz
-MIXUP_ALPHA = 0.2  # Beta(0.2, 0.2): most mixes are mostly one clip
 _EPSILON = 1e-10  # keeps power ratios finite for silent clips
 
 
@@ -283,41 +282,6 @@ def augment_batch(waveform: tf.Tensor, bank: NoiseBank | None, seed: tf.Tensor,
         waveform = mix_background(waveform, bank, noise_seed, noise_share, snr_db_range)
     return spec_augment(features.stft_magnitude(waveform), mask_seed, time_masks,
                         max_time_mask, freq_masks, max_freq_mask)
-
-
-def mixup(features: tf.Tensor, labels: tf.Tensor, num_classes: int, seed: tf.Tensor,
-          alpha: float = MIXUP_ALPHA) -> tuple[tf.Tensor, tf.Tensor]:
-    """Mixes each example of a batch with another one of it (mixup, Zhang et al. 2018).
-
-    Weights lam ~ Beta(alpha, alpha), folded to lam >= 0.5 so the first clip stays the
-    louder one; the partner is drawn by a random permutation of the batch. Applied to
-    the STFT magnitude, which is close to, not equal to, the magnitude of the mixed audio.
-
-    Args:
-      features: float32 [batch, ...].
-      labels: int [batch] (or [batch, 1]) class indices.
-      num_classes: length of the soft labels.
-      seed: int [2] stateless seed.
-      alpha: Beta parameter; <= 0 returns the batch with one-hot labels.
-
-    Returns:
-      (mixed features, float32 [batch, num_classes] soft labels summing to 1).
-    """
-    onehot = tf.one_hot(tf.cast(tf.reshape(labels, [-1]), tf.int32), num_classes)
-    if alpha <= 0:
-        return features, onehot
-    batch = tf.shape(features)[0]
-    first, second, order = tf.unstack(_seeds(seed, 3))
-    a = tf.random.stateless_gamma([batch], first, alpha)
-    b = tf.random.stateless_gamma([batch], second, alpha)
-    weight = a / tf.maximum(a + b, _EPSILON)
-    weight = tf.maximum(weight, 1.0 - weight)
-    partner = tf.random.experimental.stateless_shuffle(tf.range(batch), order)
-    shape = tf.concat([[batch], tf.ones([tf.rank(features) - 1], tf.int32)], axis=0)
-    mixed = (tf.reshape(weight, shape) * features
-             + tf.reshape(1.0 - weight, shape) * tf.gather(features, partner))
-    soft = weight[:, None] * onehot + (1.0 - weight[:, None]) * tf.gather(onehot, partner)
-    return mixed, soft
 
 
 def augment_dataset(dataset: tf.data.Dataset, bank: NoiseBank | None, seed: int = 0,

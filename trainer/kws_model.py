@@ -222,7 +222,6 @@ class Recipe:
       weight_decay: AdamW decoupled weight decay.
       label_smoothing: of the cross-entropy targets.
       ema_decay: per-step decay of `WeightAverage` (0 disables it).
-      mixup_alpha: Beta parameter of `augment.mixup` on training batches (0: off).
     """
     epochs: int = 100
     batch_size: int = 64
@@ -231,7 +230,6 @@ class Recipe:
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     ema_decay: float = 0.99
-    mixup_alpha: float = 0.0
 
 
 def training_recipe(**overrides) -> Recipe:
@@ -254,42 +252,23 @@ def compile_with_recipe(model: keras.Model, recipe: Recipe, steps_per_epoch: int
         warmup_target=recipe.peak_learning_rate, warmup_steps=warmup)
     # Sparse labels with smoothing: the trainer's datasets carry integer labels.
     loss = SmoothedSparseCrossEntropy(recipe.label_smoothing)
-    accuracy = keras.metrics.MeanMetricWrapper(label_accuracy, name="accuracy")
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=recipe.weight_decay),
-                  loss=loss, metrics=[accuracy])
-
-
-def as_distribution(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-    """Labels as class distributions: integer labels one-hot, soft labels (mixup) as is.
-
-    Training batches may carry soft labels while validation batches carry integers, so
-    the loss and the accuracy accept both (each shape is its own trace).
-    """
-    if y_true.shape.rank == 2 and y_true.shape[-1] == y_pred.shape[-1] != 1:
-        return tf.cast(y_true, y_pred.dtype)
-    depth = tf.shape(y_pred)[-1]
-    return tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), depth, dtype=y_pred.dtype)
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-def label_accuracy(y_true, y_pred):
-    """Accuracy against integer labels, or against the largest share of soft labels."""
-    target = tf.argmax(as_distribution(y_true, y_pred), axis=-1)
-    return tf.cast(tf.equal(target, tf.argmax(y_pred, axis=-1)), tf.float32)
+                  loss=loss, metrics=["accuracy"])
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SmoothedSparseCrossEntropy(keras.losses.Loss):
-    """Cross-entropy from logits with label smoothing, against integer or soft labels."""
+    """Cross-entropy from logits against integer labels with label smoothing."""
 
     def __init__(self, label_smoothing: float = 0.0, name: str = "smoothed_xent", **kwargs):
         super().__init__(name=name, **kwargs)
         self.label_smoothing = label_smoothing
 
     def call(self, y_true, y_pred):
+        depth = tf.shape(y_pred)[-1]
+        onehot = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), depth)
         return keras.losses.categorical_crossentropy(
-            as_distribution(y_true, y_pred), y_pred, from_logits=True,
-            label_smoothing=self.label_smoothing)
+            onehot, y_pred, from_logits=True, label_smoothing=self.label_smoothing)
 
     def get_config(self):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}

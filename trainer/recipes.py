@@ -84,7 +84,6 @@ class KwsRecipe(Recipe):
     weight_decay: float = _KWS.weight_decay
     label_smoothing: float = _KWS.label_smoothing
     ema_decay: float = _KWS.ema_decay
-    mixup_alpha: float = _KWS.mixup_alpha
 
     def steps_per_epoch(self, num_examples: int) -> int:
         return max(1, num_examples // self.batch_size)
@@ -95,14 +94,6 @@ class KwsRecipe(Recipe):
                                       repeat=True)
         bank = background_bank(args.data_dir)
         augmented = augment.augment_dataset(waveforms, bank, seed=args.seed)
-        if self.mixup_alpha > 0:
-            num_classes = len(data.read_labels(args.data_dir))
-            seeds = tf.data.Dataset.random(seed=args.seed + 1,
-                                           rerandomize_each_iteration=True).batch(2)
-            augmented = tf.data.Dataset.zip((augmented, seeds)).map(
-                lambda batch, seed: augment.mixup(batch[0], batch[1], num_classes, seed,
-                                                  self.mixup_alpha),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return augmented.prefetch(tf.data.AUTOTUNE)
 
     def compile(self, net: keras.Model, train_size: int) -> None:
@@ -110,8 +101,7 @@ class KwsRecipe(Recipe):
             epochs=self.epochs, batch_size=self.batch_size,
             peak_learning_rate=self.learning_rate, warmup_epochs=self.warmup_epochs,
             weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
-            ema_decay=self.ema_decay, mixup_alpha=self.mixup_alpha),
-            self.steps_per_epoch(train_size))
+            ema_decay=self.ema_decay), self.steps_per_epoch(train_size))
 
     def callbacks(self) -> list[keras.callbacks.Callback]:
         return [kws_model.WeightAverage(self.ema_decay)] if self.ema_decay else []
