@@ -32,7 +32,7 @@ from trainer import benchmark, model as models, recipes, reference
 
 
 RUN_FILE = "compare_run.json"
-LATENCY_ROUNDS = 3
+LATENCY_ROUNDS = 5  # a 2-core machine's latency swings by 1.5x between rounds
 
 
 def train(data_dir: str, job_dir: str, model: str, seed: int, extra: list[str],
