@@ -3,6 +3,7 @@
 import json
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -269,3 +270,16 @@ def test_input_benchmark_times_every_epoch_of_both_inputs(data_dir):
     times = benchmark.epoch_times(str(data_dir), epochs=2, batch_size=4, seed=1, rounds=1)
     assert times["epochs"] == times["in_memory_epochs"] == 2
     assert times["streaming"] > 0 and times["in_memory"] > 0
+
+
+def test_benchmark_latency_alternates_rounds_and_reports_ratios(data_dir, job_dir, tmp_path,
+                                                               capsys):
+    from trainer import benchmark
+    copy = shutil.copytree(job_dir, tmp_path / "copy")
+    results = benchmark.run(["--data-dir", str(data_dir), "--job-dir", str(job_dir),
+                             "--job-dir", str(copy), "--epochs", "1",
+                             "--batch-size", "4", "--clips", "3", "--latency-rounds", "2"])
+    figures = results["latency"]
+    assert len(figures) == 2 and all(f["rounds"] == 2 and f["p50_ms"] > 0
+                                     for f in figures.values())
+    assert " 1.00x" in capsys.readouterr().out

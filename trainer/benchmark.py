@@ -8,13 +8,16 @@
    two so that background load hits both alike; warm-up (cache-filling) epochs are not
    counted. Target: streaming at most 1.1x in-memory.
 2. Single-clip prediction latency of the exported model(s), WAV file to label with a
-   warm model: p50 and p95 over the test clips.
+   warm model: p50 and p95 over the test clips, the median of `--latency-rounds`
+   rounds that take the models in turn (a small machine's latency swings between
+   rounds), and each model's p50 as a ratio of the first one's.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from typing import Optional
@@ -108,6 +111,18 @@ def latency(model_dir: str, paths: list[str], warmup: int = 5) -> dict:
             "p95_ms": float(np.percentile(samples, 95)), "clips": len(samples)}
 
 
+def interleaved_latency(job_dirs: dict[str, str], paths: list[str],
+                        rounds: int) -> dict[str, dict]:
+    """Median over `rounds` of each model's p50/p95, the models measured in turn."""
+    samples = {name: [] for name in job_dirs}
+    for _ in range(rounds):
+        for name, job_dir in job_dirs.items():
+            samples[name].append(latency(job_dir, paths))
+    return {name: {key: statistics.median(s[key] for s in runs)
+                   for key in ("p50_ms", "p95_ms")} | {"clips": len(paths), "rounds": rounds}
+            for name, runs in samples.items()}
+
+
 def test_clip_paths(data_dir: str, limit: int) -> list[str]:
     files = data.shard_files(data_dir, contract.TEST)
     dataset = data.make_dataset(files, 256, False, keep_features=True)
@@ -124,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per input mode")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--clips", type=int, default=200, help="clips for the latency")
+    parser.add_argument("--latency-rounds", type=int, default=5,
+                        help="alternating latency rounds; the median is reported")
     parser.add_argument("--seed", type=int, default=42)
     return parser
 
@@ -143,13 +160,13 @@ def run(argv: Optional[list[str]] = None) -> dict:
     if args.job_dir:
         paths = test_clip_paths(args.data_dir, args.clips)
         print(f"\nSingle-clip prediction latency, WAV file to label, warm model, "
-              f"{len(paths)} test clips:")
-        results["latency"] = {}
-        for job_dir in args.job_dir:
-            figures = latency(job_dir, paths)
-            results["latency"][job_dir] = figures
+              f"{len(paths)} test clips, median of {args.latency_rounds} alternating rounds:")
+        results["latency"] = interleaved_latency(
+            {job_dir: job_dir for job_dir in args.job_dir}, paths, args.latency_rounds)
+        base = results["latency"][args.job_dir[0]]["p50_ms"]
+        for job_dir, figures in results["latency"].items():
             print(f"  {job_dir:<40} p50 {figures['p50_ms']:7.2f} ms   "
-                  f"p95 {figures['p95_ms']:7.2f} ms")
+                  f"p95 {figures['p95_ms']:7.2f} ms   p50 {figures['p50_ms'] / base:5.2f}x")
     return results
 
 

@@ -58,18 +58,6 @@ def train(data_dir: str, job_dir: str, model: str, seed: int, extra: list[str],
     return record
 
 
-def interleaved_latency(job_dirs: dict[str, str], paths: list[str],
-                        rounds: int = LATENCY_ROUNDS) -> dict[str, dict]:
-    """Median over `rounds` of each model's p50/p95, the models measured in turn."""
-    samples = {name: [] for name in job_dirs}
-    for _ in range(rounds):
-        for name, job_dir in job_dirs.items():
-            samples[name].append(benchmark.latency(job_dir, paths))
-    return {name: {key: statistics.median(s[key] for s in runs)
-                   for key in ("p50_ms", "p95_ms")} | {"clips": len(paths), "rounds": rounds}
-            for name, runs in samples.items()}
-
-
 def summarize(name: str, runs: list[dict]) -> dict:
     accuracies = [run["test_accuracy"] for run in runs]
     return {"model": name, "runs": runs, "mean_accuracy": statistics.mean(accuracies),
@@ -121,9 +109,9 @@ def run(argv: Optional[list[str]] = None) -> list[dict]:
             print(f"{model} seed {seed}: test accuracy {runs[-1]['test_accuracy']:.4f} "
                   f"({runs[-1]['train_seconds']:.0f} s)", flush=True)
         rows.append(summarize(model, runs))
-    latencies = interleaved_latency(
+    latencies = benchmark.interleaved_latency(
         {model: f"{args.work_dir.rstrip('/')}/{model}-seed{args.seeds[0]}"
-         for model in args.models}, paths)
+         for model in args.models}, paths, LATENCY_ROUNDS)
     for row in rows:
         row["latency"] = latencies[row["model"]]
     if args.reference:
