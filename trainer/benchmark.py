@@ -146,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: Optional[list[str]] = None) -> dict:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.latency_rounds < 1 or args.clips < 1:
+        parser.error("--latency-rounds and --clips must be at least 1")
     results = {"epochs": epoch_times(args.data_dir, args.epochs, args.batch_size, args.seed)}
     epochs = results["epochs"]
     ratio = epochs["streaming"] / epochs["in_memory"]
