@@ -22,6 +22,15 @@ def test_output_shape_and_parameter_budget():
     assert model.count_params() <= MAX_PARAMS
 
 
+def test_stem_strides_cut_positions_not_parameters():
+    default = kws_model.build_kws_model(8)
+    strided = kws_model.build_kws_model(8, stem_strides=(4, 2))
+    assert strided.count_params() == default.count_params()
+    assert strided(_spectrograms()).shape == (3, 8)
+    assert strided.get_layer("stem").output.shape[1] == -(-contract.NUM_FRAMES // 4)
+    assert default.get_layer("stem").output.shape[1] == -(-contract.NUM_FRAMES // 2)
+
+
 def test_keras_file_round_trip_gives_identical_outputs(tmp_path):
     model = kws_model.build_kws_model(8)
     # A training step moves the BN statistics away from their initial values, so the

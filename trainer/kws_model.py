@@ -4,7 +4,8 @@ The model reads the stored STFT magnitude, float32 [batch, 124, 129] (the tutori
 model's input), so the exported raw-audio signature works unchanged. Inside it:
 
     LogMel (mel matrix + log) -> BatchNorm per mel band -> SpecMask (training only)
-    -> 3x3 conv stem (stride 2) -> 3 residual stages -> global average pool -> Dense
+    -> 3x3 conv stem (stride 2, or `stem_strides`) -> 3 residual stages -> global
+    average pool -> Dense
 
 `build_kws_model(num_labels)` returns the uncompiled model (logits out);
 `training_recipe()` holds the optimiser, schedule and regularisation chosen on the
@@ -119,7 +120,8 @@ def _residual_block(x, channels: int, stride: int, name: str):
 
 def build_kws_model(num_labels: int, num_mel_bins: int = 40,
                     channels: tuple[int, ...] = (16, 32, 64), dropout: float = 0.2,
-                    spec_mask: dict | None = None, name: str = "kws_resnet") -> keras.Model:
+                    spec_mask: dict | None = None, stem_strides: tuple[int, int] = (2, 2),
+                    name: str = "kws_resnet") -> keras.Model:
     """Builds the log-mel residual CNN (uncompiled, logits output).
 
     Plain 3x3 convolutions rather than depthwise-separable ones: on CPU TensorFlow the
@@ -136,6 +138,8 @@ def build_kws_model(num_labels: int, num_mel_bins: int = 40,
       dropout: dropout before the classifier.
       spec_mask: keyword arguments of `SpecMask` (training-only masking); None for the
         defaults, {"time_masks": 0, "freq_masks": 0} to disable it.
+      stem_strides: (time, frequency) strides of the stem; every later layer works on
+        that many times fewer positions, which sets most of the model's cost.
       name: model name.
 
     Returns:
@@ -147,8 +151,8 @@ def build_kws_model(num_labels: int, num_mel_bins: int = 40,
     x = keras.layers.BatchNormalization(name="mel_norm")(x)
     x = SpecMask(**(spec_mask or {}), name="spec_mask")(x)
     x = keras.layers.Reshape((contract.NUM_FRAMES, num_mel_bins, 1), name="add_channel")(x)
-    x = keras.layers.Conv2D(channels[0], 3, strides=2, padding="same", use_bias=False,
-                            name="stem")(x)
+    x = keras.layers.Conv2D(channels[0], 3, strides=stem_strides, padding="same",
+                            use_bias=False, name="stem")(x)
     x = keras.layers.BatchNormalization(name="stem_bn")(x)
     x = keras.layers.ReLU(name="stem_relu")(x)
     for index, width in enumerate(channels):
