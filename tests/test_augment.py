@@ -102,6 +102,22 @@ def test_noise_share_controls_how_many_clips_change():
     assert 0.35 < changed < 0.65
 
 
+def test_random_filter_cuts_highs_and_lows_of_a_share_of_clips():
+    magnitude = tf.ones([400, 124, contract.NUM_BINS])
+    filtered = augment.random_filter(magnitude, SEED, share=0.5).numpy()
+    changed = ~np.all(filtered == 1.0, axis=(1, 2))
+    assert 0.4 < changed.mean() < 0.6
+    response = filtered[changed][:, 0, :]  # the same response in every frame
+    np.testing.assert_array_equal(filtered[changed][:, 5, :], response)
+    hertz = np.linspace(0, contract.SAMPLE_RATE / 2, contract.NUM_BINS)
+    band = (hertz > 700) & (hertz < 900)  # inside both corner ranges' pass bands
+    assert (response[:, band] > 0.5).all()
+    assert (response[:, -1] < 0.75).all()  # 8 kHz: at or past every low-pass corner
+    assert (response[:, 0] < 1e-3).all() and (response <= 1.0).all()
+    np.testing.assert_array_equal(filtered, augment.random_filter(magnitude, SEED, 0.5))
+    np.testing.assert_array_equal(augment.random_filter(magnitude, SEED, 0.0), magnitude)
+
+
 def test_spec_augment_masks_bands_and_keeps_the_rest():
     spectrogram = tf.random.stateless_uniform((16, 124, 129), [1, 2], 1.0, 2.0)
     masked = augment.spec_augment(spectrogram, SEED, time_masks=2, max_time_mask=10,

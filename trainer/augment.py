@@ -1,6 +1,6 @@
 """Training-time augmentation for keyword clips, written for batched `tf.data` maps.
 
-Four steps, in the order `augment_batch` applies them:
+Five steps, in the order `augment_batch` applies them:
 
 1. `speed_perturb`: play each clip 0.9-1.1x as fast (tempo and pitch together), a cheap
    stand-in for the voices of speakers the training split does not have.
@@ -9,7 +9,10 @@ Four steps, in the order `augment_batch` applies them:
 3. `mix_background`: add a random one-second crop of a background-noise recording at a
    random signal-to-noise ratio (for a share of the clips), so the model learns to
    ignore running taps, dishes and machine hum.
-4. `spec_augment`: SpecAugment-style time and frequency masks on the STFT magnitude
+4. `random_filter`: pass a share of the clips through a random band-pass response (a
+   low-pass corner between 1 and 8 kHz, a high-pass one between 50 and 400 Hz), as
+   different microphones and rooms colour a voice; applied to the STFT magnitude.
+5. `spec_augment`: SpecAugment-style time and frequency masks on the STFT magnitude
    that `trainer.features.stft_magnitude` computes from the augmented waveform. Off by
    default in `augment_batch`: the recipe masks normalised log-mel bands inside the
    model instead (`trainer.kws_model.SpecMask`, the same function), because a band of
@@ -41,6 +44,9 @@ MAX_SHIFT_SAMPLES = 1_600  # 100 ms either way, as in the speech_commands traine
 MAX_SPEED_CHANGE = 0.1  # speed 0.9-1.1: raised validation accuracy 0.973 -> 0.981
 NOISE_SHARE = 0.8  # share of clips that get background noise
 SNR_DB_RANGE = (5.0, 25.0)
+FILTER_SHARE = 0.5  # share of clips given a random microphone response
+LOWPASS_HZ = (1_000.0, 8_000.0)  # corner range, drawn log-uniformly
+HIGHPASS_HZ = (50.0, 400.0)
 TIME_MASKS, MAX_TIME_MASK = 2, 12  # frames of 8 ms
 FREQ_MASKS, MAX_FREQ_MASK = 2, 12  # STFT bins of 62.5 Hz
 _EPSILON = 1e-10  # keeps power ratios finite for silent clips
@@ -216,6 +222,46 @@ def mix_background(waveform: tf.Tensor, bank: NoiseBank, seed: tf.Tensor,
     return waveform + tf.where(chosen, gain, 0.0) * noise
 
 
+def _log_uniform(shape, seed: tf.Tensor, low: float, high: float) -> tf.Tensor:
+    exponent = tf.random.stateless_uniform(shape, seed, tf.math.log(low), tf.math.log(high))
+    return tf.exp(exponent)
+
+
+def random_filter(magnitude: tf.Tensor, seed: tf.Tensor, share: float = FILTER_SHARE,
+                  lowpass_hz: tuple[float, float] = LOWPASS_HZ,
+                  highpass_hz: tuple[float, float] = HIGHPASS_HZ) -> tf.Tensor:
+    """Multiplies a share of the clips' STFT magnitudes by a random band-pass response.
+
+    Recordings of one word differ in colour as much as in voice: a phone held far away
+    loses the highs, a laptop microphone the lows. Each chosen clip gets the magnitude
+    response of a second-order Butterworth low-pass and high-pass pair,
+    1 / sqrt(1 + (f / low_corner)^4) * 1 / sqrt(1 + (high_corner / f)^4), with corners
+    drawn log-uniformly from the ranges. Filtering the magnitude per bin is filtering
+    the waveform up to the STFT's frequency resolution (62.5 Hz).
+
+    Args:
+      magnitude: float32 [batch, frames, bins] STFT magnitude (bins from 0 Hz to 8 kHz).
+      seed: int [2] stateless seed.
+      share: probability that a clip is filtered (0 disables it).
+      lowpass_hz: (lowest, highest) low-pass corner in Hz.
+      highpass_hz: (lowest, highest) high-pass corner in Hz.
+
+    Returns:
+      float32 [batch, frames, bins]; clips not chosen are returned unchanged.
+    """
+    if share <= 0:
+        return magnitude
+    low_seed, high_seed, share_seed = tf.unstack(_seeds(seed, 3))
+    batch, bins = tf.shape(magnitude)[0], magnitude.shape[-1] or contract.NUM_BINS
+    hertz = tf.linspace(0.0, contract.SAMPLE_RATE / 2.0, bins)[tf.newaxis, :]
+    low_corner = _log_uniform([batch, 1], low_seed, *lowpass_hz)
+    high_corner = _log_uniform([batch, 1], high_seed, *highpass_hz)
+    response = tf.math.rsqrt(1.0 + tf.pow(hertz / low_corner, 4.0)) * tf.math.rsqrt(
+        1.0 + tf.pow(high_corner / tf.maximum(hertz, 1.0), 4.0))
+    chosen = tf.random.stateless_uniform([batch, 1], share_seed) < share
+    return magnitude * tf.where(chosen, response, 1.0)[:, tf.newaxis, :]
+
+
 def _mask(shape: tf.Tensor, axis_length: tf.Tensor, count: int, max_width: int,
           seed: tf.Tensor) -> tf.Tensor:
     """Boolean [batch, axis_length]: True inside any of `count` random bands per row."""
@@ -259,9 +305,9 @@ def augment_batch(waveform: tf.Tensor, bank: NoiseBank | None, seed: tf.Tensor,
                   max_speed_change: float = MAX_SPEED_CHANGE,
                   max_shift: int = MAX_SHIFT_SAMPLES, noise_share: float = NOISE_SHARE,
                   snr_db_range: tuple[float, float] = SNR_DB_RANGE,
-                  time_masks: int = 0, max_time_mask: int = MAX_TIME_MASK,
+                  filter_share: float = FILTER_SHARE, time_masks: int = 0, max_time_mask: int = MAX_TIME_MASK,
                   freq_masks: int = 0, max_freq_mask: int = MAX_FREQ_MASK) -> tf.Tensor:
-    """Speed, shift, noise and masks on a batch of waveforms; returns the model input.
+    """Speed, shift, noise, filter and masks on a batch of clips; returns the model input.
 
     Args:
       waveform: float32 [batch, 16000] padded clips.
@@ -269,6 +315,7 @@ def augment_batch(waveform: tf.Tensor, bank: NoiseBank | None, seed: tf.Tensor,
       seed: int [2] stateless seed.
       max_speed_change: see `speed_perturb`.
       max_shift, noise_share, snr_db_range: see `time_shift` and `mix_background`.
+      filter_share: see `random_filter`.
       time_masks, max_time_mask, freq_masks, max_freq_mask: see `spec_augment`. No
         masks by default: `kws_model.SpecMask` masks log-mel bands inside the model.
 
@@ -280,8 +327,11 @@ def augment_batch(waveform: tf.Tensor, bank: NoiseBank | None, seed: tf.Tensor,
     waveform = time_shift(waveform, shift_seed, max_shift)
     if bank is not None:
         waveform = mix_background(waveform, bank, noise_seed, noise_share, snr_db_range)
-    return spec_augment(features.stft_magnitude(waveform), mask_seed, time_masks,
-                        max_time_mask, freq_masks, max_freq_mask)
+    # Folded in rather than split off, so the other steps keep their draws.
+    filter_seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 5)
+    magnitude = random_filter(features.stft_magnitude(waveform), filter_seed, filter_share)
+    return spec_augment(magnitude, mask_seed, time_masks, max_time_mask, freq_masks,
+                        max_freq_mask)
 
 
 def augment_dataset(dataset: tf.data.Dataset, bank: NoiseBank | None, seed: int = 0,
