@@ -9,13 +9,15 @@
    counted. Target: streaming at most 1.1x in-memory.
 2. Single-clip prediction latency of the exported model(s), WAV file to label with a
    warm model: p50 and p95 over the test clips, the median of `--latency-rounds`
-   rounds that take the models in turn (a small machine's latency swings between
-   rounds), and each model's p50 as a ratio of the first one's.
+   rounds that take the loaded models in turn, in an order that rotates each round (a
+   small machine's latency swings between rounds and with the position in a round),
+   and each model's p50 as a ratio of the first one's.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -98,28 +100,38 @@ def epoch_times(data_dir: str, epochs: int, batch_size: int, seed: int,
         "in_memory_epochs": len(times["in_memory"])}
 
 
-def latency(model_dir: str, paths: list[str], warmup: int = 5) -> dict:
-    """p50/p95 milliseconds from WAV file to label, model loaded and warm."""
-    predictor = predict.Predictor(model_dir)
-    for path in paths[:warmup]:
-        predictor.probabilities(predict.read(path))
+def _clip_times(predictor: predict.Predictor, paths: list[str]) -> list[float]:
+    """Milliseconds per clip from WAV file to label."""
+    gc.collect()  # not during the timed calls
     samples = []
     for path in paths:
         start = time.perf_counter()
         probabilities = predictor.probabilities(predict.read(path))
         predictor.labels[int(np.argmax(probabilities))]
         samples.append((time.perf_counter() - start) * 1000)
-    return {"p50_ms": float(np.percentile(samples, 50)),
-            "p95_ms": float(np.percentile(samples, 95)), "clips": len(samples)}
+    return samples
 
 
-def interleaved_latency(job_dirs: dict[str, str], paths: list[str],
-                        rounds: int) -> dict[str, dict]:
-    """Median over `rounds` of each model's p50/p95, the models measured in turn."""
-    samples = {name: [] for name in job_dirs}
-    for _ in range(rounds):
-        for name, job_dir in job_dirs.items():
-            samples[name].append(latency(job_dir, paths))
+def interleaved_latency(job_dirs: dict[str, str], paths: list[str], rounds: int,
+                        warmup: int = 5) -> dict[str, dict]:
+    """Median over `rounds` of each model's p50/p95, the models measured in turn.
+
+    Every model is loaded and warmed up once, then measured once per round. The order
+    rotates from round to round, so each model runs first, second, ... equally often:
+    on a small shared machine the position in a round alone moved a model's time by
+    10-25%.
+    """
+    predictors = {name: predict.Predictor(job_dir) for name, job_dir in job_dirs.items()}
+    for predictor in predictors.values():
+        _clip_times(predictor, paths[:warmup])
+    names = list(job_dirs)
+    samples = {name: [] for name in names}
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            times = _clip_times(predictors[name], paths)
+            samples[name].append({"p50_ms": float(np.percentile(times, 50)),
+                                  "p95_ms": float(np.percentile(times, 95))})
     return {name: {key: statistics.median(s[key] for s in runs)
                    for key in ("p50_ms", "p95_ms")} | {"clips": len(paths), "rounds": rounds}
             for name, runs in samples.items()}
