@@ -305,8 +305,9 @@ def augment_batch(waveform: tf.Tensor, bank: NoiseBank | None, seed: tf.Tensor,
                   max_speed_change: float = MAX_SPEED_CHANGE,
                   max_shift: int = MAX_SHIFT_SAMPLES, noise_share: float = NOISE_SHARE,
                   snr_db_range: tuple[float, float] = SNR_DB_RANGE,
-                  filter_share: float = FILTER_SHARE, time_masks: int = 0, max_time_mask: int = MAX_TIME_MASK,
-                  freq_masks: int = 0, max_freq_mask: int = MAX_FREQ_MASK) -> tf.Tensor:
+                  filter_share: float = FILTER_SHARE, time_masks: int = 0,
+                  max_time_mask: int = MAX_TIME_MASK, freq_masks: int = 0,
+                  max_freq_mask: int = MAX_FREQ_MASK) -> tf.Tensor:
     """Speed, shift, noise, filter and masks on a batch of clips; returns the model input.
 
     Args:

@@ -6,8 +6,8 @@
 For every model and seed it runs the real training command (`python -m trainer.task`,
 as a separate process, timed whole), reads the test accuracy from its metrics.json, and
 then measures single-clip prediction latency (WAV file to label, warm model) of each
-model's first-seed export, in rounds with a rotating order so every model sees the same machine
-load. `--reference` adds the tutorial notebook's own code on the same split
+model's first-seed export, in rounds with a rotating order so every model sees the same
+machine load. `--reference` adds the tutorial notebook's own code on the same split
 (`trainer.reference`). Prints one row per model: parameters, test accuracy per seed,
 mean and spread, training time, latency (and its ratio to the tutorial model's when
 that is in the table); writes WORK/results.json. `--reuse` keeps finished runs of an
