@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--clips", type=int, default=200, help="clips for the latency")
     parser.add_argument("--latency-rounds", type=int, default=5,
-                        help="alternating latency rounds; the median is reported")
+                        help="latency rounds (rotating order); the median is reported")
     parser.add_argument("--seed", type=int, default=42)
     return parser
 
@@ -177,7 +177,7 @@ def run(argv: Optional[list[str]] = None) -> dict:
     if args.job_dir:
         paths = test_clip_paths(args.data_dir, args.clips)
         print(f"\nSingle-clip prediction latency, WAV file to label, warm model, "
-              f"{len(paths)} test clips, median of {args.latency_rounds} alternating rounds:")
+              f"{len(paths)} test clips, median of {args.latency_rounds} rounds in rotating order:")
         results["latency"] = interleaved_latency(
             {job_dir: job_dir for job_dir in args.job_dir}, paths, args.latency_rounds)
         base = results["latency"][args.job_dir[0]]["p50_ms"]
