@@ -272,6 +272,33 @@ def test_input_benchmark_times_every_epoch_of_both_inputs(data_dir):
     assert times["streaming"] > 0 and times["in_memory"] > 0
 
 
+def test_latency_rounds_load_each_model_once_and_rotate_the_order(tmp_path, monkeypatch):
+    from trainer import benchmark
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(b"not read by the stand-in model")
+    loads, calls = [], []
+
+    class Recorder:  # stands in for predict.Predictor: records what runs when
+        labels = ["only"]
+
+        def __init__(self, model_dir):
+            loads.append(model_dir)
+            self.model_dir = model_dir
+
+        def probabilities(self, data):
+            calls.append(self.model_dir)
+            return np.ones(1)
+
+    monkeypatch.setattr(benchmark.predict, "Predictor", Recorder)
+    figures = benchmark.interleaved_latency({"a": "A", "b": "B", "c": "C"}, [str(clip)] * 2,
+                                            rounds=3, warmup=1)
+    assert loads == ["A", "B", "C"]
+    timed = calls[3:]  # after one warm-up call each
+    firsts = [timed[index] for index in range(0, len(timed), 2)]
+    assert firsts == ["A", "B", "C", "B", "C", "A", "C", "A", "B"]
+    assert all(f["rounds"] == 3 and f["clips"] == 2 for f in figures.values())
+
+
 def test_benchmark_latency_alternates_rounds_and_reports_ratios(data_dir, job_dir, tmp_path,
                                                                capsys):
     from trainer import benchmark
