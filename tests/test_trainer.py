@@ -205,7 +205,7 @@ def test_killed_run_resumes_from_its_last_epoch(data_dir, tmp_path):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         rows = history.read_text().splitlines() if history.exists() else []
-        if len(rows) >= 3 and (job / "checkpoints" / "training_metadata.json").exists():
+        if len(rows) >= 3 and list((job / "checkpoints").glob("epoch-*.weights.h5")):
             break
         time.sleep(0.2)
     process.send_signal(signal.SIGKILL)
@@ -232,19 +232,26 @@ class CrashingRecipe(recipes.Recipe):
 
 
 def test_backup_cut_short_by_a_kill_resumes_from_the_one_before(data_dir, tmp_path,
-                                                                monkeypatch):
+                                                                monkeypatch, capsys):
     monkeypatch.setitem(model.BUILDERS, "crashing", model.build_tutorial)
     monkeypatch.setitem(recipes.RECIPES, "crashing", CrashingRecipe(patience=100))
     command = ["--data-dir", str(data_dir), "--job-dir", str(tmp_path / "job"),
                "--model", "crashing", "--epochs", "4", "--verbose", "0", "--no-report"]
     with pytest.raises(RuntimeError, match="simulated crash"):
         task.run(command)
-    latest = tmp_path / "job" / "checkpoints" / "latest.weights.h5"
-    assert (tmp_path / "job" / "checkpoints" / "latest.weights.h5.bkp").exists()
-    latest.write_bytes(latest.read_bytes()[:1000])  # as if killed while writing it
+    checkpoints = tmp_path / "job" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "epoch-0001.weights.h5", "epoch-0002.weights.h5"]
+    newest = checkpoints / "epoch-0002.weights.h5"
+    data = newest.read_bytes()
+    newest.write_bytes(data[:2048] + bytes(len(data) - 2048))  # as if killed mid-write
     monkeypatch.setitem(recipes.RECIPES, "crashing", recipes.Recipe(patience=100))
     metrics = task.run(command)
     assert metrics["settings"]["epochs_run"] == 4
+    printed = capsys.readouterr()
+    assert f"warning: {newest}: unreadable backup (" in printed.err
+    assert f"Resuming from the backup in {checkpoints}: epoch 2" in printed.out
+    assert not checkpoints.exists()  # a finished run leaves no backup behind
 
 
 def test_compare_trains_each_seed_and_reuses_finished_runs(data_dir, tmp_path, capsys):

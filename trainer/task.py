@@ -33,7 +33,7 @@ import tensorflow as tf  # noqa: E402
 
 from pipelines import contract  # noqa: E402
 from pipelines.errors import PartialFailure, UserError, run_cli  # noqa: E402
-from trainer import data, evaluation, export, model as models, recipes  # noqa: E402
+from trainer import backup, data, evaluation, export, model as models, recipes  # noqa: E402
 
 HISTORY_CSV = "history.csv"
 
@@ -82,15 +82,6 @@ def read_history(job_dir: str) -> dict[str, list[float]]:
     return {key: [float(row[key]) for row in rows] for key in keys}
 
 
-def resumed_epoch(checkpoint_dir: str) -> Optional[int]:
-    """The epoch a BackupAndRestore backup in `checkpoint_dir` resumes from, if any."""
-    path = f"{checkpoint_dir}/training_metadata.json"
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path, "r") as handle:
-        return int(json.load(handle).get("epoch", -1)) + 1
-
-
 class StopOnNaN(keras.callbacks.Callback):
     """Stops training when the loss is NaN or infinite and remembers the epoch."""
 
@@ -132,11 +123,9 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
     tf.io.gfile.makedirs(job_dir)
     checkpoint_dir = (args.checkpoint_dir or f"{job_dir}/checkpoints").rstrip("/")
     log_dir = args.tensorboard_dir or f"{job_dir}/logs"
-    start = resumed_epoch(checkpoint_dir)
-    if start is None and tf.io.gfile.exists(f"{job_dir}/{HISTORY_CSV}"):
+    epoch_backup = backup.EpochBackup(checkpoint_dir)
+    if not epoch_backup.epochs() and tf.io.gfile.exists(f"{job_dir}/{HISTORY_CSV}"):
         tf.io.gfile.remove(f"{job_dir}/{HISTORY_CSV}")  # a fresh run, not a resumption
-    elif start is not None:
-        print(f"Resuming from the backup in {checkpoint_dir}: epoch {start + 1}")
 
     train_ds = recipe.train_dataset(files[contract.TRAIN], args)
     val_ds = data.make_dataset(files[contract.VAL], recipe.batch_size, False,
@@ -147,11 +136,13 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
     net = data.guard_corruption(files[contract.TRAIN], lambda: models.build_model(
         args.model, len(labels), train_spectrograms=spectrograms))
     recipe.compile(net, sizes[contract.TRAIN])
+    start = epoch_backup.restore(net)
+    if start is not None:
+        print(f"Resuming from the backup in {checkpoint_dir}: epoch {start + 1}")
 
     stop_on_nan = StopOnNaN()
     callbacks = [
-        # Two backups: a run killed while writing one resumes from the other.
-        keras.callbacks.BackupAndRestore(backup_dir=checkpoint_dir, double_checkpoint=True),
+        epoch_backup,
         keras.callbacks.CSVLogger(f"{job_dir}/{HISTORY_CSV}", append=True),
         keras.callbacks.TensorBoard(log_dir=log_dir),
         stop_on_nan,
@@ -159,6 +150,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
     all_files = files[contract.TRAIN] + files[contract.VAL]
     data.guard_corruption(all_files, lambda: net.fit(
         train_ds, validation_data=val_ds, epochs=recipe.epochs, callbacks=callbacks,
+        initial_epoch=start or 0,
         steps_per_epoch=recipe.steps_per_epoch(sizes[contract.TRAIN]),
         verbose=args.verbose, shuffle=False))  # tf.data already shuffles
     if stop_on_nan.bad_epoch is not None:
