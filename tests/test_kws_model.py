@@ -1,6 +1,7 @@
 """Tests of trainer/kws_model.py: shape, size, serialisation, front end, training pieces."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import keras
@@ -29,6 +30,24 @@ def test_stem_strides_cut_positions_not_parameters():
     assert strided(_spectrograms()).shape == (3, 8)
     assert strided.get_layer("stem").output.shape[1] == -(-contract.NUM_FRAMES // 4)
     assert default.get_layer("stem").output.shape[1] == -(-contract.NUM_FRAMES // 2)
+
+
+def test_single_conv_first_stage_keeps_shapes_and_folds():
+    residual = kws_model.build_kws_model(8)
+    single = kws_model.build_kws_model(8, first_stage="conv")
+    # One 3x3 16->16 convolution and its BN (4 x 16 numbers) fewer.
+    assert residual.count_params() - single.count_params() == 9 * 16 * 16 + 4 * 16
+    assert single.get_layer("stage1_relu").output.shape == \
+        residual.get_layer("stage1_out").output.shape
+    kws_model.compile_with_recipe(single, kws_model.training_recipe(epochs=1), 1)
+    single.fit(_spectrograms(4), np.arange(4), epochs=1, verbose=0)
+    folded = kws_model.fold_batch_norm(single)
+    x = _spectrograms()
+    np.testing.assert_allclose(folded.predict(x, verbose=0), single.predict(x, verbose=0),
+                               rtol=1e-4, atol=1e-4)
+    assert folded.get_layer("stage1_conv").use_bias
+    with pytest.raises(ValueError, match="first_stage"):
+        kws_model.build_kws_model(8, first_stage="none")
 
 
 def test_keras_file_round_trip_gives_identical_outputs(tmp_path):

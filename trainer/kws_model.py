@@ -4,7 +4,8 @@ The model reads the stored STFT magnitude, float32 [batch, 124, 129] (the tutori
 model's input), so the exported raw-audio signature works unchanged. Inside it:
 
     LogMel (mel matrix + log) -> BatchNorm per mel band -> SpecMask (training only)
-    -> 3x3 conv stem (stride 2, or `stem_strides`) -> 3 residual stages -> global
+    -> 3x3 conv stem (stride 2, or `stem_strides`) -> first stage (a residual block,
+    or one convolution with `first_stage="conv"`) -> 2 residual stages -> global
     average pool -> Dense
 
 `build_kws_model(num_labels)` returns the uncompiled model (logits out);
@@ -38,6 +39,7 @@ from pipelines import contract
 from trainer import augment
 
 _PACKAGE = "kws"
+FIRST_STAGES = ("residual", "conv")
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -121,7 +123,7 @@ def _residual_block(x, channels: int, stride: int, name: str):
 def build_kws_model(num_labels: int, num_mel_bins: int = 40,
                     channels: tuple[int, ...] = (16, 32, 64), dropout: float = 0.2,
                     spec_mask: dict | None = None, stem_strides: tuple[int, int] = (2, 2),
-                    name: str = "kws_resnet") -> keras.Model:
+                    first_stage: str = "residual", name: str = "kws_resnet") -> keras.Model:
     """Builds the log-mel residual CNN (uncompiled, logits output).
 
     Plain 3x3 convolutions rather than depthwise-separable ones: on CPU TensorFlow the
@@ -140,6 +142,9 @@ def build_kws_model(num_labels: int, num_mel_bins: int = 40,
         defaults, {"time_masks": 0, "freq_masks": 0} to disable it.
       stem_strides: (time, frequency) strides of the stem; every later layer works on
         that many times fewer positions, which sets most of the model's cost.
+      first_stage: "residual" (two convolutions and a shortcut) or "conv" (one
+        convolution, BN, ReLU). The first stage works at the stem's full resolution,
+        where each convolution costs as much single-clip time as a whole later stage.
       name: model name.
 
     Returns:
@@ -155,8 +160,16 @@ def build_kws_model(num_labels: int, num_mel_bins: int = 40,
                             use_bias=False, name="stem")(x)
     x = keras.layers.BatchNormalization(name="stem_bn")(x)
     x = keras.layers.ReLU(name="stem_relu")(x)
+    if first_stage not in FIRST_STAGES:
+        raise ValueError(f"first_stage must be one of {FIRST_STAGES}, not {first_stage!r}")
     for index, width in enumerate(channels):
-        x = _residual_block(x, width, 1 if index == 0 else 2, f"stage{index + 1}")
+        if index == 0 and first_stage == "conv":
+            x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False,
+                                    name="stage1_conv")(x)
+            x = keras.layers.BatchNormalization(name="stage1_bn")(x)
+            x = keras.layers.ReLU(name="stage1_relu")(x)
+        else:
+            x = _residual_block(x, width, 1 if index == 0 else 2, f"stage{index + 1}")
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_labels, name="logits")(x)
