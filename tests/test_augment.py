@@ -118,6 +118,27 @@ def test_random_filter_cuts_highs_and_lows_of_a_share_of_clips():
     np.testing.assert_array_equal(augment.random_filter(magnitude, SEED, 0.0), magnitude)
 
 
+def test_frequency_warp_moves_a_share_of_peaks_by_at_most_the_warp():
+    magnitude = np.zeros([400, 124, contract.NUM_BINS], np.float32)
+    magnitude[:, :, 60] = 1.0  # one tone at 3.7 kHz
+    warped = augment.frequency_warp(tf.constant(magnitude), SEED, share=0.5,
+                                    max_warp=0.1).numpy()
+    peaks = warped[:, 0, :].argmax(axis=1)
+    moved = peaks != 60
+    assert 0.35 < moved.mean() < 0.65  # alpha near 1 can leave a peak in place
+    assert (np.abs(peaks - 60) <= 6).all() and np.unique(peaks).size > 5
+    assert (peaks[moved] > 60).any() and (peaks[moved] < 60).any()
+    np.testing.assert_array_equal(warped[:, 0, :], warped[:, 100, :])  # every frame alike
+    np.testing.assert_array_equal(
+        warped, augment.frequency_warp(tf.constant(magnitude), SEED, 0.5, 0.1))
+    same = augment.frequency_warp(tf.constant(magnitude), SEED, share=0.0).numpy()
+    np.testing.assert_array_equal(same, magnitude)
+    squeezed = augment.frequency_warp(tf.ones([50, 3, contract.NUM_BINS]), SEED,
+                                      share=1.0, max_warp=0.1).numpy()
+    top = squeezed[:, 0, -1]  # 8 kHz reads above Nyquist when squeezed: zero there
+    assert ((top == 0.0) | np.isclose(top, 1.0)).all() and (top == 0.0).any()
+
+
 def test_spec_augment_masks_bands_and_keeps_the_rest():
     spectrogram = tf.random.stateless_uniform((16, 124, 129), [1, 2], 1.0, 2.0)
     masked = augment.spec_augment(spectrogram, SEED, time_masks=2, max_time_mask=10,

@@ -240,7 +240,7 @@ class Recipe:
       label_smoothing: of the cross-entropy targets.
       ema_decay: per-step decay of `WeightAverage` (0 disables it).
     """
-    epochs: int = 100
+    epochs: int = 150
     batch_size: int = 64
     peak_learning_rate: float = 3e-3
     warmup_epochs: int = 3
