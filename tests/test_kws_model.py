@@ -32,30 +32,26 @@ def test_stem_strides_cut_positions_not_parameters():
     assert default.get_layer("stem").output.shape[1] == -(-contract.NUM_FRAMES // 2)
 
 
-def test_single_conv_first_stage_keeps_shapes_and_folds():
+def _trained(model: keras.Model) -> keras.Model:
+    """`model` after one training step, which moves the BN statistics off their start."""
+    kws_model.compile_with_recipe(model, kws_model.training_recipe(epochs=1), 1)
+    model.fit(_spectrograms(4), np.arange(4), epochs=1, verbose=0)
+    return model
+
+
+def test_single_conv_first_stage_keeps_shapes():
     residual = kws_model.build_kws_model(8)
     single = kws_model.build_kws_model(8, first_stage="conv")
     # One 3x3 16->16 convolution and its BN (4 x 16 numbers) fewer.
     assert residual.count_params() - single.count_params() == 9 * 16 * 16 + 4 * 16
     assert single.get_layer("stage1_relu").output.shape == \
         residual.get_layer("stage1_out").output.shape
-    kws_model.compile_with_recipe(single, kws_model.training_recipe(epochs=1), 1)
-    single.fit(_spectrograms(4), np.arange(4), epochs=1, verbose=0)
-    folded = kws_model.fold_batch_norm(single)
-    x = _spectrograms()
-    np.testing.assert_allclose(folded.predict(x, verbose=0), single.predict(x, verbose=0),
-                               rtol=1e-4, atol=1e-4)
-    assert folded.get_layer("stage1_conv").use_bias
     with pytest.raises(ValueError, match="first_stage"):
         kws_model.build_kws_model(8, first_stage="none")
 
 
 def test_keras_file_round_trip_gives_identical_outputs(tmp_path):
-    model = kws_model.build_kws_model(8)
-    # A training step moves the BN statistics away from their initial values, so the
-    # round trip has to carry them.
-    kws_model.compile_with_recipe(model, kws_model.training_recipe(epochs=1), 1)
-    model.fit(_spectrograms(4), np.arange(4), epochs=1, verbose=0)
+    model = _trained(kws_model.build_kws_model(8))  # the round trip carries BN statistics
     path = str(tmp_path / "model.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
@@ -117,10 +113,10 @@ def test_weight_average_tracks_swaps_and_finalises():
     np.testing.assert_allclose(model.layers[0].kernel.numpy(), expected, rtol=1e-6)
 
 
-def test_folded_model_matches_and_has_no_conv_batch_norms():
-    model = kws_model.build_kws_model(8)
-    kws_model.compile_with_recipe(model, kws_model.training_recipe(epochs=1), 1)
-    model.fit(_spectrograms(4), np.arange(4), epochs=1, verbose=0)
+@pytest.mark.parametrize("first_stage, first_conv", [("residual", "stage1_conv1"),
+                                                     ("conv", "stage1_conv")])
+def test_folded_model_matches_and_has_no_conv_batch_norms(first_stage, first_conv):
+    model = _trained(kws_model.build_kws_model(8, first_stage=first_stage))
     folded = kws_model.fold_batch_norm(model)
     x = _spectrograms()
     np.testing.assert_allclose(folded.predict(x, verbose=0), model.predict(x, verbose=0),
@@ -128,4 +124,4 @@ def test_folded_model_matches_and_has_no_conv_batch_norms():
     norms = [layer.name for layer in folded.layers
              if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms == ["mel_norm"]  # it follows the log, not a convolution
-    assert folded.get_layer("stem").use_bias
+    assert folded.get_layer("stem").use_bias and folded.get_layer(first_conv).use_bias

@@ -150,6 +150,8 @@ def build_kws_model(num_labels: int, num_mel_bins: int = 40,
     Returns:
       A `keras.Model` from float32 [batch, 124, 129] |STFT| to [batch, num_labels] logits.
     """
+    if first_stage not in FIRST_STAGES:
+        raise ValueError(f"first_stage must be one of {FIRST_STAGES}, not {first_stage!r}")
     inputs = keras.Input(shape=contract.SPECTROGRAM_SHAPE, name="spectrogram")
     x = LogMel(num_mel_bins, name="log_mel")(inputs)
     # Learned per-band normalisation: the log-mel scale differs a lot between bands.
@@ -160,8 +162,6 @@ def build_kws_model(num_labels: int, num_mel_bins: int = 40,
                             use_bias=False, name="stem")(x)
     x = keras.layers.BatchNormalization(name="stem_bn")(x)
     x = keras.layers.ReLU(name="stem_relu")(x)
-    if first_stage not in FIRST_STAGES:
-        raise ValueError(f"first_stage must be one of {FIRST_STAGES}, not {first_stage!r}")
     for index, width in enumerate(channels):
         if index == 0 and first_stage == "conv":
             x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False,
