@@ -1,5 +1,6 @@
 """The trainer: in-graph features, streaming input, the tutorial model, a whole run."""
 
+import dataclasses
 import json
 import pathlib
 import re
@@ -220,14 +221,26 @@ def test_killed_run_resumes_from_its_last_epoch(data_dir, tmp_path):
     assert len(history["loss"]) == done + 1  # one more epoch, not a fresh start
 
 
+@dataclasses.dataclass(frozen=True)
 class CrashingRecipe(recipes.Recipe):
-    """The tutorial recipe (no early stop) that dies when its third epoch begins."""
+    """The tutorial recipe (no early stop) that dies as epoch `crash_epoch` (from 0)
+    begins or, with `crash_at="end"`, ends."""
+    crash_epoch: int = 2
+    crash_at: str = "begin"
 
     def callbacks(self):
+        recipe = self
+
         class Crash(tf.keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                if epoch == 2:
+            def _crash(self, epoch, at):
+                if (epoch, at) == (recipe.crash_epoch, recipe.crash_at):
                     raise RuntimeError("simulated crash")
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self._crash(epoch, "begin")
+
+            def on_epoch_end(self, epoch, logs=None):
+                self._crash(epoch, "end")
         return [Crash()]
 
 
@@ -252,6 +265,26 @@ def test_backup_cut_short_by_a_kill_resumes_from_the_one_before(data_dir, tmp_pa
     assert f"warning: {newest}: unreadable backup (" in printed.err
     assert f"Resuming from the backup in {checkpoints}: epoch 2" in printed.out
     assert not checkpoints.exists()  # a finished run leaves no backup behind
+
+
+def test_an_epoch_killed_after_its_history_row_is_repeated_not_lost(data_dir, tmp_path,
+                                                                    monkeypatch, capsys):
+    monkeypatch.setitem(model.BUILDERS, "crashing", model.build_tutorial)
+    monkeypatch.setitem(recipes.RECIPES, "crashing",
+                        CrashingRecipe(patience=100, crash_epoch=1, crash_at="end"))
+    job = tmp_path / "job"
+    command = ["--data-dir", str(data_dir), "--job-dir", str(job), "--model", "crashing",
+               "--epochs", "3", "--verbose", "0", "--no-report"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        task.run(command)
+    # The second epoch's row is written, its backup is not: the backup comes last.
+    assert len(task.read_history(str(job))["loss"]) == 2
+    assert [p.name for p in (job / "checkpoints").iterdir()] == ["epoch-0001.weights.h5"]
+    monkeypatch.setitem(recipes.RECIPES, "crashing", recipes.Recipe(patience=100))
+    metrics = task.run(command)
+    assert "Resuming from the backup" in capsys.readouterr().out
+    assert metrics["settings"]["epochs_run"] == 3
+    assert len(task.read_history(str(job))["loss"]) == 3
 
 
 def test_compare_trains_each_seed_and_reuses_finished_runs(data_dir, tmp_path, capsys):

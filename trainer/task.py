@@ -140,11 +140,14 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
 
     stop_on_nan = StopOnNaN()
     callbacks = [
-        epoch_backup,
         keras.callbacks.CSVLogger(f"{job_dir}/{HISTORY_CSV}", append=True),
         keras.callbacks.TensorBoard(log_dir=log_dir),
         stop_on_nan,
-    ] + recipe.callbacks()
+    ] + recipe.callbacks() + [
+        # Last, so an epoch counts as done only once its history row is written: a kill
+        # in between repeats the epoch (its row is replaced) instead of losing the row.
+        epoch_backup,
+    ]
     all_files = files[contract.TRAIN] + files[contract.VAL]
     data.guard_corruption(all_files, lambda: net.fit(
         train_ds, validation_data=val_ds, epochs=recipe.epochs, callbacks=callbacks,
