@@ -114,6 +114,11 @@ def _seeds(seed: tf.Tensor, count: int) -> tf.Tensor:
     return tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=count)
 
 
+def _chosen(batch: tf.Tensor, seed: tf.Tensor, share: float) -> tf.Tensor:
+    """Boolean [batch, 1]: which clips a step with this `share` applies to."""
+    return tf.random.stateless_uniform([batch, 1], seed) < share
+
+
 def time_shift(waveform: tf.Tensor, seed: tf.Tensor,
                max_shift: int = MAX_SHIFT_SAMPLES) -> tf.Tensor:
     """Shifts each clip by a uniform random offset in [-max_shift, max_shift] samples.
@@ -223,7 +228,7 @@ def mix_background(waveform: tf.Tensor, bank: NoiseBank, seed: tf.Tensor,
     signal_power = tf.reduce_mean(tf.square(waveform), axis=1, keepdims=True)
     noise_power = tf.reduce_mean(tf.square(noise), axis=1, keepdims=True)
     gain = tf.sqrt(signal_power / (noise_power * tf.pow(10.0, snr_db / 10.0) + _EPSILON))
-    chosen = tf.random.stateless_uniform([batch, 1], share_seed) < share
+    chosen = _chosen(batch, share_seed, share)
     return waveform + tf.where(chosen, gain, 0.0) * noise
 
 
@@ -263,7 +268,7 @@ def random_filter(magnitude: tf.Tensor, seed: tf.Tensor, share: float = FILTER_S
     high_corner = _log_uniform([batch, 1], high_seed, *highpass_hz)
     response = tf.math.rsqrt(1.0 + tf.pow(hertz / low_corner, 4.0)) * tf.math.rsqrt(
         1.0 + tf.pow(high_corner / tf.maximum(hertz, 1.0), 4.0))
-    chosen = tf.random.stateless_uniform([batch, 1], share_seed) < share
+    chosen = _chosen(batch, share_seed, share)
     return magnitude * tf.where(chosen, response, 1.0)[:, tf.newaxis, :]
 
 
@@ -291,7 +296,7 @@ def frequency_warp(magnitude: tf.Tensor, seed: tf.Tensor, share: float = WARP_SH
     warp_seed, share_seed = tf.unstack(_seeds(seed, 2))
     batch, bins = tf.shape(magnitude)[0], magnitude.shape[-1] or contract.NUM_BINS
     alpha = _log_uniform([batch, 1], warp_seed, 1.0 - max_warp, 1.0 + max_warp)
-    chosen = tf.random.stateless_uniform([batch, 1], share_seed) < share
+    chosen = _chosen(batch, share_seed, share)
     source = tf.range(bins, dtype=tf.float32)[tf.newaxis, :] / tf.where(chosen, alpha, 1.0)
     lower = tf.minimum(tf.floor(source), bins - 1.0)
     weight = (source - lower)[:, :, tf.newaxis]  # [batch, bins, 1]
@@ -373,9 +378,9 @@ def augment_batch(waveform: tf.Tensor, bank: NoiseBank | None, seed: tf.Tensor,
     if bank is not None:
         waveform = mix_background(waveform, bank, noise_seed, noise_share, snr_db_range)
     # Folded in rather than split off, so the other steps keep their draws.
-    filter_seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 5)
+    filter_seed, warp_seed = (tf.random.experimental.stateless_fold_in(
+        tf.cast(seed, tf.int64), index) for index in (5, 6))
     magnitude = random_filter(features.stft_magnitude(waveform), filter_seed, filter_share)
-    warp_seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 6)
     magnitude = frequency_warp(magnitude, warp_seed, warp_share, max_warp)
     return spec_augment(magnitude, mask_seed, time_masks, max_time_mask, freq_masks,
                         max_freq_mask)

@@ -5,7 +5,7 @@ so `trainer.task` stays the same for every architecture and `--model tutorial`
 reproduces the tutorial exactly (Adam, sparse cross-entropy on logits, 10 epochs,
 EarlyStopping with patience 2). `--model kws`, the default, trains the log-mel
 residual CNN on augmented audio (speed, shift, background noise, microphone
-response, SpecAugment masks) with AdamW, warm-up and cosine decay, label smoothing and
+response, frequency warp, SpecAugment masks) with AdamW, warm-up and cosine decay, label smoothing and
 a moving average of the weights, and exports it with its batch normalisation folded
 into the convolutions.
 """
