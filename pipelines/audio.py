@@ -1,18 +1,31 @@
-"""Audio decoding and the spectrogram, as plain functions on bytes and numpy arrays.
+"""Audio decoding and the spectrogram, as plain functions on bytes, files and numpy arrays.
 
-No Beam and no TensorFlow here: the preprocessing pipeline, the baseline benchmark,
-`trainer.predict` and batch prediction all call these same functions, so a clip is
-featurised identically wherever it goes.
+No Beam pipeline and no TensorFlow here: the preprocessing pipeline, the baseline
+benchmark, `trainer.predict`, detection and batch prediction all call these same
+functions, so a clip is featurised identically wherever it goes.
 
 Decoding is done by libsndfile (through `soundfile`), which reads 8/16/24/32-bit integer
 and 32/64-bit float WAV, mono or multichannel; resampling by libsoxr (through `soxr`),
-a band-limited resampler with a proper anti-aliasing filter.
+a band-limited resampler with a proper anti-aliasing filter. Every decoder reads the file
+in chunks and resamples it as a stream, so what one file costs is bounded by the limits
+below, never by what its header claims:
+
+- `decode_clip` / `featurize`: the first second only (plus the resampler's few
+  milliseconds of look-ahead), whatever the recording's length;
+- `decode_wav`: a whole recording of at most `MAX_DECODE_SECONDS`;
+- `read_blocks`: a recording of any length, one block at a time.
+
+A source is WAV bytes, a binary file object positioned at the start of the file, or a
+path (local or gs://, opened through Beam's `FileSystems`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
-from typing import NamedTuple
+import math
+import os
+from typing import BinaryIO, Iterator, NamedTuple, Union
 
 import numpy as np
 import soundfile
@@ -20,49 +33,246 @@ import soxr
 
 from pipelines import contract
 
+# Limits on what one file may cost; a file outside them is refused with the reason
+# before anything is decoded.
+MIN_SAMPLE_RATE = 8_000  # the lowest rate speech is recorded at (telephone audio)
+MAX_SAMPLE_RATE = 192_000  # the highest rate audio interfaces record at
+MAX_CHANNELS = 8  # 7.1 surround; more is a lying header or not a recording
+MAX_DECODE_SECONDS = 600  # what `decode_wav` decodes whole; longer: `read_blocks`
+BLOCK_SAMPLES = contract.SAMPLE_RATE * 10  # default block of `read_blocks`: 10 s
+READ_SECONDS = 0.5  # source audio read per libsndfile call: bounds the memory of a read
+# libsoxr's HQ filter holds back at most ~70 ms of output (measured at 8..192 kHz); a clip
+# read takes this much more than its length so that one read usually finishes it.
+RESAMPLER_MARGIN_SECONDS = 0.1
+
+Source = Union[bytes, bytearray, str, os.PathLike, BinaryIO]
+
 
 class AudioError(ValueError):
-    """A file that cannot be turned into a clip. The message is the reason."""
+    """A file that cannot be turned into audio. The message is the reason."""
 
 
-def decode_wav(data: bytes, target_rate: int = contract.SAMPLE_RATE) -> np.ndarray:
-    """Decodes WAV bytes into a mono float32 waveform in [-1, 1] at `target_rate`.
+class AudioInfo(NamedTuple):
+    """What a WAV header says, after the limits were checked."""
+    sample_rate: int
+    channels: int
+    frames: int
 
-    Args:
-      data: the file's bytes.
-      target_rate: sample rate of the result; other rates are resampled.
+    @property
+    def duration(self) -> float:
+        """Length in seconds."""
+        return self.frames / self.sample_rate
 
-    Returns:
-      A 1-D float32 array.
 
-    Raises:
-      AudioError: empty or unreadable file, unsupported encoding, no samples,
-        or samples that are NaN or infinite.
-    """
-    if not data:
-        raise AudioError("empty file")
-    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise AudioError("not a RIFF/WAVE file")
-    try:
-        with soundfile.SoundFile(io.BytesIO(data)) as wav:
-            rate = wav.samplerate
-            samples = wav.read(dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
-        raise AudioError(f"unreadable WAV ({_short(error)})") from None
-    if samples.shape[0] == 0:
-        raise AudioError("zero-length audio")
-    if not np.all(np.isfinite(samples)):
-        raise AudioError("NaN or infinite samples")
-    waveform = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
-    if rate != target_rate:
-        waveform = soxr.resample(waveform, rate, target_rate, quality="HQ")
-    # Float WAVs may legitimately exceed full scale; the features expect [-1, 1].
-    return np.clip(waveform, -1.0, 1.0).astype(np.float32, copy=False)
+def resampled_length(frames: int, rate: int, target_rate: int = contract.SAMPLE_RATE) -> int:
+    """Samples that `frames` at `rate` become at `target_rate` (libsoxr rounds half up)."""
+    return (2 * frames * target_rate + rate) // (2 * rate)
 
 
 def _short(error: Exception) -> str:
     text = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
     return text.split(": ", 1)[-1] if text.startswith("Error opening") else text
+
+
+_SOUNDFILE_ERRORS = (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError)
+
+
+@contextlib.contextmanager
+def _open_handle(source: Source) -> Iterator[BinaryIO]:
+    if isinstance(source, (bytes, bytearray)):
+        yield io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)):
+        # pylint: disable=import-outside-toplevel
+        from apache_beam.io.filesystem import CompressionTypes
+        from apache_beam.io.filesystems import FileSystems
+        with FileSystems.open(os.fspath(source),
+                              compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            yield handle
+    else:
+        source.seek(0)
+        yield source
+
+
+def _check(wav: soundfile.SoundFile, target_rate: int) -> AudioInfo:
+    info = AudioInfo(int(wav.samplerate), int(wav.channels), int(wav.frames))
+    if not MIN_SAMPLE_RATE <= info.sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"sample rate {info.sample_rate} Hz outside "
+                         f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+    if not 1 <= info.channels <= MAX_CHANNELS:
+        raise AudioError(f"{info.channels} channels (at most {MAX_CHANNELS})")
+    if info.frames <= 0:
+        raise AudioError("zero-length audio")
+    if resampled_length(info.frames, info.sample_rate, target_rate) == 0:
+        raise AudioError(f"zero-length audio once resampled ({info.frames} frames at "
+                         f"{info.sample_rate} Hz is under one sample at {target_rate} Hz)")
+    return info
+
+
+@contextlib.contextmanager
+def _open(source: Source, target_rate: int = contract.SAMPLE_RATE):
+    """Opens a WAV and checks it against the limits: yields (SoundFile, AudioInfo)."""
+    with _open_handle(source) as handle:
+        head = handle.read(12)
+        if not head:
+            raise AudioError("empty file")
+        if head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+            raise AudioError("not a RIFF/WAVE file")
+        handle.seek(0)
+        try:
+            wav = soundfile.SoundFile(handle)
+        except _SOUNDFILE_ERRORS as error:
+            raise AudioError(f"unreadable WAV ({_short(error)})") from None
+        with wav:
+            yield wav, _check(wav, target_rate)
+
+
+def probe(source: Source) -> AudioInfo:
+    """The header's sample rate, channels and frames (raises AudioError beyond the limits)."""
+    with _open(source) as (_, info):
+        return info
+
+
+def _mono_chunks(wav: soundfile.SoundFile, info: AudioInfo, target_rate: int,
+                 first_frames: int = 0) -> Iterator[np.ndarray]:
+    """Yields the recording as consecutive mono float32 chunks at `target_rate`.
+
+    Channels are averaged, then resampled as one stream: the chunks joined are the
+    same samples, bit for bit, as resampling the whole recording at once. The first
+    read takes `first_frames` source frames when given, later ones READ_SECONDS.
+    """
+    resampler = (soxr.ResampleStream(info.sample_rate, target_rate, 1, dtype="float32",
+                                     quality="HQ")
+                 if info.sample_rate != target_rate else None)
+    read_frames = first_frames or max(1024, int(info.sample_rate * READ_SECONDS))
+    while True:
+        try:
+            samples = wav.read(read_frames, dtype="float32", always_2d=True)
+        except _SOUNDFILE_ERRORS as error:
+            raise AudioError(f"unreadable WAV ({_short(error)})") from None
+        last = samples.shape[0] < read_frames
+        if not np.all(np.isfinite(samples)):
+            raise AudioError("NaN or infinite samples")
+        mono = samples.mean(axis=1) if info.channels > 1 else samples[:, 0]
+        mono = np.ascontiguousarray(mono, dtype=np.float32)
+        if resampler is not None:
+            mono = resampler.resample_chunk(mono, last=last)
+        # Float WAVs may legitimately exceed full scale; the features expect [-1, 1].
+        yield np.clip(mono, -1.0, 1.0)
+        if last:
+            return
+        read_frames = max(1024, int(info.sample_rate * READ_SECONDS))
+
+
+def decode_wav(source: Source, target_rate: int = contract.SAMPLE_RATE,
+               max_seconds: float = MAX_DECODE_SECONDS) -> np.ndarray:
+    """Decodes a whole WAV into a mono float32 waveform in [-1, 1] at `target_rate`.
+
+    Args:
+      source: WAV bytes, a binary file object, or a path (local or gs://).
+      target_rate: sample rate of the result; other rates are resampled.
+      max_seconds: longest recording decoded whole; longer ones are refused before
+        decoding (`read_blocks` reads them in blocks).
+
+    Returns:
+      A 1-D float32 array.
+
+    Raises:
+      AudioError: empty or unreadable file, unsupported encoding, a sample rate, channel
+        count or length beyond the limits, no samples once resampled, or samples that
+        are NaN or infinite.
+    """
+    with _open(source, target_rate) as (wav, info):
+        if info.duration > max_seconds:
+            raise AudioError(f"{info.duration:.0f} s long, over the {max_seconds:g} s "
+                             "decoded whole (longer recordings are read in blocks)")
+        chunks = list(_mono_chunks(wav, info, target_rate))
+    waveform = np.concatenate(chunks)
+    if waveform.shape[0] == 0:
+        raise AudioError("zero-length audio once resampled")
+    return waveform
+
+
+def decode_clip(source: Source, length: int = contract.CLIP_SAMPLES,
+                target_rate: int = contract.SAMPLE_RATE) -> tuple[np.ndarray, int]:
+    """Decodes only the start of a WAV: its first `length` samples at `target_rate`.
+
+    Reads the first `length` samples' worth of the file plus what the resampler needs
+    to finish them, whatever the recording's length; the samples equal those of
+    `decode_wav` on the whole file.
+
+    Args:
+      source: WAV bytes, a binary file object, or a path (local or gs://).
+      length: samples wanted, at `target_rate`.
+      target_rate: sample rate of the result.
+
+    Returns:
+      (waveform, num_samples): at most `length` float32 samples (fewer when the
+      recording is shorter, never padded), and the whole recording's length in
+      samples at `target_rate`.
+
+    Raises:
+      AudioError: as `decode_wav`.
+    """
+    with _open(source, target_rate) as (wav, info):
+        seconds = length / target_rate
+        if info.sample_rate != target_rate:
+            seconds += RESAMPLER_MARGIN_SECONDS
+        chunks, count = [], 0
+        for chunk in _mono_chunks(wav, info, target_rate,
+                                  first_frames=math.ceil(seconds * info.sample_rate)):
+            chunks.append(chunk)
+            count += chunk.shape[0]
+            if count >= length:
+                total = max(count, resampled_length(info.frames, info.sample_rate, target_rate))
+                break
+        else:
+            total = count
+    if total == 0:
+        raise AudioError("zero-length audio once resampled")
+    return np.concatenate(chunks)[:length], total
+
+
+def read_blocks(source: Source, block_samples: int = BLOCK_SAMPLES,
+                target_rate: int = contract.SAMPLE_RATE) -> Iterator[np.ndarray]:
+    """Yields a WAV of any length as consecutive mono float32 blocks at `target_rate`.
+
+    Memory stays that of a block or two whatever the recording's length: the file is
+    read in chunks and resampled as one stream, so the blocks joined equal
+    `decode_wav` on the whole file, with no seam at block boundaries.
+
+    Args:
+      source: WAV bytes, a binary file object, or a path (local or gs://).
+      block_samples: samples per block; every block but the last has exactly this many.
+      target_rate: sample rate of the blocks.
+
+    Yields:
+      1-D float32 arrays in [-1, 1].
+
+    Raises:
+      AudioError: as `decode_wav` (no length limit). A file that is refused is refused
+        before the first block; one that turns out damaged part-way raises after the
+        blocks before the damage.
+    """
+    if block_samples < 1:
+        raise ValueError(f"block_samples must be positive, got {block_samples}")
+    with _open(source, target_rate) as (wav, info):
+        # Each block is filled in place and handed over whole: memory is the block being
+        # filled, the one the caller holds, and one read.
+        block, filled, total = np.empty(block_samples, np.float32), 0, 0
+        for chunk in _mono_chunks(wav, info, target_rate):
+            while chunk.shape[0]:
+                take = min(block_samples - filled, chunk.shape[0])
+                block[filled:filled + take] = chunk[:take]
+                filled, chunk = filled + take, chunk[take:]
+                if filled == block_samples:
+                    total += filled
+                    yield block
+                    block, filled = np.empty(block_samples, np.float32), 0
+        if filled:
+            total += filled
+            yield block[:filled]
+    if total == 0:
+        raise AudioError("zero-length audio once resampled")
 
 
 def pad_or_trim(waveform: np.ndarray, length: int = contract.CLIP_SAMPLES) -> np.ndarray:
@@ -108,8 +318,12 @@ class Clip(NamedTuple):
     num_samples: int
 
 
-def featurize(data: bytes) -> Clip:
-    """WAV bytes to a Clip (raises AudioError with the reason when it cannot)."""
-    waveform = decode_wav(data)
+def featurize(source: Source) -> Clip:
+    """A WAV's first second to a Clip (raises AudioError with the reason when it cannot).
+
+    `num_samples` is the whole recording's length at 16 kHz; only its first second is
+    decoded.
+    """
+    waveform, num_samples = decode_clip(source)
     padded = pad_or_trim(waveform)
-    return Clip(padded, spectrogram(padded), int(waveform.shape[0]))
+    return Clip(padded, spectrogram(padded), num_samples)
