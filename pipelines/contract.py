@@ -5,11 +5,14 @@ A preprocessing run writes, under its output directory::
     OUT/train/data-SSSSS-of-NNNNN.tfrecord[.gz]   tf.Example records, one per clip
     OUT/val/...    OUT/test/...
     OUT/labels.txt                                 one label per line; line number = index
-    OUT/metadata.json                              format version, shapes, counts, settings
+    OUT/metadata.json                              format version, settings, counts, shards
     OUT/rejected/rejected-SSSSS-of-NNNNN.jsonl     {"path": ..., "reason": ...} per bad input
+    OUT/background/data-00000-of-00001.tfrecord    the noise recordings, for augmentation
 
 This module owns the feature names, shapes and dtypes, and keeps `serialize_example`
-and `parse_example` side by side so the two can never drift apart. Serialization is
+and `parse_example` side by side so the two can never drift apart. It also owns
+metadata.json: `RunMetadata` is written and read through the same fields, and
+`check_metadata` refuses a run made with other STFT settings. Serialization is
 plain Python (no TensorFlow import), so Beam workers start fast; parsing is TensorFlow,
 because the trainer reads records through `tf.data`.
 
@@ -20,12 +23,19 @@ array: building a `FloatList` of 15,996 values costs milliseconds per example, c
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
+# The version of the record layout and of the settings below. Bump it with any change
+# to them; `check_metadata` also compares each setting, so a run made with other values
+# is refused even when the version was not bumped.
 FORMAT_VERSION = 1
+READABLE_VERSIONS = (1,)
 
 # Audio and STFT parameters: those of TensorFlow's "Simple audio recognition" tutorial.
 SAMPLE_RATE = 16_000
@@ -36,6 +46,8 @@ FFT_LENGTH = 256
 NUM_FRAMES = 1 + (CLIP_SAMPLES - FRAME_LENGTH) // FRAME_STEP  # 124
 NUM_BINS = FFT_LENGTH // 2 + 1  # 129
 SPECTROGRAM_SHAPE = (NUM_FRAMES, NUM_BINS)
+WINDOW = f"tf.signal.hann_window({FRAME_LENGTH}, periodic=True)"
+SPECTROGRAM_ENCODING = "raw little-endian float32 bytes"
 
 # Feature names.
 SPECTROGRAM = "spectrogram"
@@ -239,28 +251,211 @@ def parse_labels(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def stft_metadata() -> dict[str, Any]:
-    return {
-        "sample_rate": SAMPLE_RATE,
-        "clip_samples": CLIP_SAMPLES,
-        "frame_length": FRAME_LENGTH,
-        "frame_step": FRAME_STEP,
-        "fft_length": FFT_LENGTH,
-        "window": "tf.signal.hann_window(255, periodic=True)",
-        "spectrogram_shape": list(SPECTROGRAM_SHAPE),
-        "spectrogram_encoding": "raw little-endian float32 bytes",
-    }
+@dataclasses.dataclass(frozen=True)
+class Stft:
+    """Every setting that decides a feature. A run made with other values is refused."""
+    sample_rate: int = SAMPLE_RATE
+    clip_samples: int = CLIP_SAMPLES
+    frame_length: int = FRAME_LENGTH
+    frame_step: int = FRAME_STEP
+    fft_length: int = FFT_LENGTH
+    window: str = WINDOW
+    spectrogram_shape: tuple[int, int] = SPECTROGRAM_SHAPE
+    spectrogram_encoding: str = SPECTROGRAM_ENCODING
+
+
+STFT = Stft()
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSettings:
+    """How clips were dealt to train/val/test (`dataset.split_for_speaker`/`_for_file`)."""
+    method: str
+    val_percent: float
+    test_percent: float
+    salt: Optional[str] = None  # of --split speaker
+    seed: Optional[int] = None  # of --split random
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RunMetadata(Mapping):
+    """metadata.json: what a preprocessing run was made with, and what it wrote.
+
+    The producer writes it with `to_json` and every consumer reads it with `from_json`,
+    so a field has one name in both. It is also a read-only mapping of its JSON form
+    (`metadata["counts"]["train"]["total"]`), the shape the file has on disk.
+    """
+    labels: tuple[str, ...]
+    data_dir: str
+    split: SplitSettings
+    compression: str = "none"
+    waveforms: bool = True
+    unknown_percent: Optional[float] = None
+    silence_percent: Optional[float] = None
+    keyword_seed: Optional[int] = None
+    command_line: str = ""
+    format_version: int = FORMAT_VERSION
+    stft: Stft = STFT
+    # What the run wrote, known once its pipeline has finished.
+    # split -> label -> examples
+    counts: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
+    examples_written: int = 0  # from files; `_silence_` clips are counted apart
+    silence_written: int = 0
+    rejected_by_reason: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    skipped_by_reason: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    background_recordings: int = 0
+    files_read: int = 0  # counted where the files are listed, apart from the outcomes
+    shards: tuple[str, ...] = ()
+    background_shards: tuple[str, ...] = ()
+    # split -> records counted in its shards after writing (absent in older runs)
+    records_in_shards: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.rejected_by_reason.values())
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.skipped_by_reason.values())
+
+    def split_total(self, split: str) -> int:
+        """Examples written to one split."""
+        return sum(self.counts.get(split, {}).values())
+
+    def unaccounted(self) -> list[str]:
+        """Why the counts do not add up (empty when they do).
+
+        Files read = examples + background recordings + rejected + skipped, and each
+        split's shards hold as many records as examples went to it.
+        """
+        problems = []
+        outcomes = (self.examples_written + self.background_recordings + self.rejected
+                    + self.skipped)
+        if self.files_read != outcomes:
+            problems.append(f"{self.files_read} files read but {outcomes} outcomes "
+                            f"(examples {self.examples_written} + background noise "
+                            f"{self.background_recordings} + rejected {self.rejected} + "
+                            f"skipped {self.skipped})")
+        for split, records in sorted(self.records_in_shards.items()):
+            if records != self.split_total(split):
+                problems.append(f"{split}: {records} records in the shards but "
+                                f"{self.split_total(split)} examples sent to them")
+        return problems
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: the STFT settings and the totals are top-level keys."""
+        return {
+            "format_version": self.format_version,
+            **dataclasses.asdict(self.stft),
+            "spectrogram_shape": list(self.stft.spectrogram_shape),
+            "labels": list(self.labels),
+            "data_dir": self.data_dir,
+            "split": self.split.to_dict(),
+            "unknown_percent": self.unknown_percent,
+            "silence_percent": self.silence_percent,
+            "keyword_seed": self.keyword_seed,
+            "compression": self.compression,
+            "waveforms": self.waveforms,
+            "command_line": self.command_line,
+            "counts": {split: {"total": self.split_total(split),
+                               "per_label": dict(sorted(self.counts.get(split, {}).items()))}
+                       for split in SPLITS},
+            "examples_written": self.examples_written,
+            "silence_written": self.silence_written,
+            "rejected": self.rejected,
+            "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
+            "skipped": self.skipped,
+            "skipped_by_reason": dict(sorted(self.skipped_by_reason.items())),
+            "background_recordings": self.background_recordings,
+            "files_read": self.files_read,
+            "shards": sorted(self.shards),
+            "background_shards": sorted(self.background_shards),
+            "records_in_shards": dict(sorted(self.records_in_shards.items())),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], check: bool = True) -> "RunMetadata":
+        """Reads the JSON form; with `check`, refuses other settings (`check_metadata`).
+
+        Raises:
+          ValueError: a missing or mistyped field, or (with `check`) a run this code
+            cannot read.
+        """
+        if check:
+            check_metadata(data)
+        try:
+            stft = Stft(**{field.name: data[field.name]
+                           for field in dataclasses.fields(Stft)
+                           if field.name != "spectrogram_shape"},
+                        spectrogram_shape=tuple(data["spectrogram_shape"]))
+            counts = {split: dict(data["counts"][split]["per_label"])
+                      for split in data.get("counts", {})}
+            return cls(
+                labels=tuple(data["labels"]), data_dir=data["data_dir"],
+                split=SplitSettings(**data["split"]), compression=data["compression"],
+                waveforms=bool(data["waveforms"]), unknown_percent=data.get("unknown_percent"),
+                silence_percent=data.get("silence_percent"),
+                keyword_seed=data.get("keyword_seed"), command_line=data["command_line"],
+                format_version=data["format_version"], stft=stft, counts=counts,
+                examples_written=data["examples_written"],
+                silence_written=data.get("silence_written", 0),
+                rejected_by_reason=dict(data["rejected_by_reason"]),
+                skipped_by_reason=dict(data["skipped_by_reason"]),
+                background_recordings=data.get("background_recordings", 0),
+                files_read=data["files_read"], shards=tuple(data["shards"]),
+                background_shards=tuple(data.get("background_shards", ())),
+                records_in_shards=dict(data.get("records_in_shards", {})))
+        except KeyError as error:
+            raise ValueError(f"field {error} missing") from None
+        except (TypeError, AttributeError) as error:
+            raise ValueError(f"malformed ({error})") from None
+
+    @classmethod
+    def from_json(cls, text: str, check: bool = True) -> "RunMetadata":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not JSON ({error})") from None
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return cls.from_dict(data, check)
+
+    # The read-only mapping of the JSON form.
+    @functools.cached_property
+    def _json(self) -> dict[str, Any]:
+        return self.to_dict()
+
+    def __getitem__(self, key: str) -> Any:
+        return self._json[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._json)
+
+    def __len__(self) -> int:
+        return len(self._json)
 
 
 def check_metadata(metadata: Mapping[str, Any]) -> None:
-    """Raises ValueError when a metadata.json was written by an incompatible version."""
+    """Raises ValueError unless a run's metadata matches what this code computes.
+
+    The format version and every STFT setting are compared: a spectrogram of the same
+    shape made with another frame length (256 also gives 124x129) is refused.
+    """
     version = metadata.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ValueError(f"format version {version!r}, this code reads {FORMAT_VERSION}")
-    if tuple(metadata.get("spectrogram_shape", ())) != SPECTROGRAM_SHAPE:
-        raise ValueError(f"spectrogram shape {metadata.get('spectrogram_shape')}, "
-                         f"expected {list(SPECTROGRAM_SHAPE)}")
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"format version {version!r}, this code reads "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}; preprocess the data again")
+    expected = dataclasses.asdict(STFT)
+    expected["spectrogram_shape"] = list(SPECTROGRAM_SHAPE)
+    for name, value in expected.items():
+        found = metadata.get(name)
+        found = list(found) if isinstance(found, (list, tuple)) else found
+        if found != value:
+            raise ValueError(f"{name} {found!r}, this code uses {value!r}; preprocess the "
+                             "data again or use the version that made it")

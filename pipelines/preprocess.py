@@ -26,6 +26,7 @@ On Dataflow (any Beam flag passes through to PipelineOptions)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Optional
@@ -164,36 +165,28 @@ def read_text(path: str) -> str:
 class WriteMetadata(beam.DoFn):
     """Writes metadata.json once every split's shards are final."""
 
-    def __init__(self, path: str, static: dict):
+    def __init__(self, path: str, static: contract.RunMetadata):
         self._path = path
         self._static = static
 
     def process(self, _, examples, rejected, skipped, background, shards, background_shards):
-        per_split = {split: {} for split in contract.SPLITS}
+        counts = {split: {} for split in contract.SPLITS}
         for (split, label), count in examples.items():
-            per_split[split][label] = count
+            counts[split][label] = count
         # `_silence_` examples are cut from the background recordings, not read from files.
         silence = (sum(count for (_, label), count in examples.items()
                        if label == dataset.SILENCE_LABEL)
-                   if self._static.get("silence_percent") is not None else 0)
+                   if self._static.silence_percent is not None else 0)
         written = sum(examples.values()) - silence
-        metadata = dict(self._static)
-        metadata.update({
-            "counts": {split: {"total": sum(labels.values()), "per_label": dict(sorted(labels.items()))}
-                       for split, labels in per_split.items()},
-            "examples_written": written,
-            "silence_written": silence,
-            "rejected": sum(rejected.values()),
-            "rejected_by_reason": dict(sorted(rejected.items())),
-            "skipped": sum(skipped.values()),
-            "skipped_by_reason": dict(sorted(skipped.items())),
-            "background_recordings": background,
-            "files_read": (written + background + sum(rejected.values())
-                           + sum(skipped.values())),
-            "shards": sorted(shards),
-            "background_shards": sorted(background_shards) if background else [],
-        })
-        write_text(self._path, contract.dumps(metadata))
+        metadata = dataclasses.replace(
+            self._static, counts=counts, examples_written=written, silence_written=silence,
+            rejected_by_reason=dict(rejected), skipped_by_reason=dict(skipped),
+            background_recordings=background,
+            files_read=(written + background + sum(rejected.values())
+                        + sum(skipped.values())),
+            shards=tuple(shards),
+            background_shards=tuple(background_shards) if background else ())
+        write_text(self._path, metadata.to_json())
         yield self._path
 
 
@@ -348,7 +341,7 @@ def check_keyword_options(args: argparse.Namespace, wanted: Optional[list[str]])
             raise errors.UserError(f"{name} makes the {label} class; leave it out of --labels")
 
 
-def run(argv: Optional[list[str]] = None) -> dict:
+def run(argv: Optional[list[str]] = None) -> contract.RunMetadata:
     """Runs preprocessing; returns the run's metadata. Raises UserError on bad input."""
     args, beam_args = build_parser().parse_known_args(argv)
     wanted = wanted_labels(args)
@@ -364,24 +357,18 @@ def run(argv: Optional[list[str]] = None) -> dict:
     out = args.output_dir.rstrip("/")
     write_text(f"{out}/{contract.LABELS_FILE}", contract.format_labels(labels))
 
-    static = {
-        "format_version": contract.FORMAT_VERSION,
-        **contract.stft_metadata(),
-        "labels": labels,
-        "data_dir": args.data_dir,
-        "split": {"method": args.split, "val_percent": args.val_percent,
-                  "test_percent": args.test_percent,
-                  "salt": args.split_salt if args.split == dataset.SPLIT_SPEAKER else None,
-                  "seed": args.seed if args.split == dataset.SPLIT_RANDOM else None},
-        "unknown_percent": args.unknown_percent,
-        "silence_percent": args.silence_percent,
-        "keyword_seed": (args.seed if args.unknown_percent is not None
-                         or args.silence_percent is not None else None),
-        "compression": args.compression,
-        "waveforms": args.waveforms,
-        "command_line": "python -m pipelines.preprocess " + " ".join(
-            argv if argv is not None else sys.argv[1:]),
-    }
+    keyword = args.unknown_percent is not None or args.silence_percent is not None
+    static = contract.RunMetadata(
+        labels=tuple(labels), data_dir=args.data_dir,
+        split=contract.SplitSettings(
+            method=args.split, val_percent=args.val_percent, test_percent=args.test_percent,
+            salt=args.split_salt if args.split == dataset.SPLIT_SPEAKER else None,
+            seed=args.seed if args.split == dataset.SPLIT_RANDOM else None),
+        compression=args.compression, waveforms=args.waveforms,
+        unknown_percent=args.unknown_percent, silence_percent=args.silence_percent,
+        keyword_seed=args.seed if keyword else None,
+        command_line="python -m pipelines.preprocess " + " ".join(
+            argv if argv is not None else sys.argv[1:]))
     options = PipelineOptions(beam_args)
     with beam.Pipeline(options=options) as pipeline:
         build_pipeline(pipeline, args, labels, static)
@@ -390,7 +377,7 @@ def run(argv: Optional[list[str]] = None) -> dict:
         # A Flex Template launch (or a classic template) only writes the job: it runs later.
         print(f"wrote the Dataflow job to {template}; its run writes {out}/")
         return static
-    metadata = json.loads(read_text(f"{out}/{contract.METADATA_FILE}"))
+    metadata = contract.RunMetadata.from_json(read_text(f"{out}/{contract.METADATA_FILE}"))
     print(summary_table(metadata))
     print(f"\nwrote {out}/{{train,val,test}}/, {contract.LABELS_FILE}, {contract.METADATA_FILE}")
     usable = metadata["examples_written"] + metadata["rejected"]
