@@ -1,0 +1,173 @@
+"""trainer.detect on generated recordings with keywords at known places.
+
+The model is a tiny exported Keras model that answers "yes" for any window holding
+speech-loud frames and `_unknown_` for quiet noise: what detection does with scores
+(windows, smoothing, events, the block reader) is what these tests check, and such a
+model makes the right events obvious.
+"""
+
+import json
+import pathlib
+
+import keras
+import numpy as np
+import pytest
+
+from pipelines import contract
+from tests import wavs
+from trainer import detect, detection, export, streams
+
+LABELS = ["_silence_", "_unknown_", "no", "yes"]
+RATE = contract.SAMPLE_RATE
+
+
+def energy_model(num_labels: int = 4) -> keras.Model:
+    """[batch, 124, 129] |STFT| -> logits: the loudest frame's mean log-magnitude, e,
+    decides: silence near 0, `_unknown_` below about 0.1 (quiet noise), then "yes"."""
+    inputs = keras.Input(contract.SPECTROGRAM_SHAPE)
+    loudest = keras.layers.Lambda(lambda s: keras.ops.max(
+        keras.ops.mean(keras.ops.log1p(s), axis=-1), axis=-1, keepdims=True))(inputs)
+    dense = keras.layers.Dense(num_labels)
+    model = keras.Model(inputs, dense(loudest))
+    weights = np.array([[-50.0, 0.0, 40.0, 40.0]])[:, :num_labels]
+    biases = np.array([1.0, 0.0, -7.0, -4.0])[:num_labels]
+    if num_labels == 2:  # labels "no", "yes": no _unknown_ to fall back on
+        weights, biases = np.array([[0.0, 40.0]]), np.array([0.0, -4.0])
+    dense.set_weights([weights, biases])
+    return model
+
+
+def export_energy_model(job: pathlib.Path, labels=LABELS, compile_waveform=True
+                        ) -> pathlib.Path:
+    export.export_model(energy_model(len(labels)), list(labels), str(job / "export"),
+                        compile_waveform=compile_waveform)
+    return job
+
+
+def yes_clips(count=3):
+    return [wavs.read_clip(path)[0] for path in wavs.sample_clips("yes", count)]
+
+
+def recording(seconds: float = 20.0, seed: int = 0) -> streams.Stream:
+    """Quiet noise with "yes" at the very start, in the middle and cut at the very end."""
+    clips = yes_clips()
+    length = int(seconds * RATE)
+    noise = np.random.default_rng(seed).normal(0, 0.002, length).astype(np.float32)
+    return streams.mix_stream(length, [
+        streams.Placement("yes", clips[0], 0),
+        streams.Placement("yes", clips[1], length // 2),
+        streams.Placement("yes", clips[2], length - RATE * 3 // 4)], noise)
+
+
+def write_wav(path: pathlib.Path, samples: np.ndarray) -> pathlib.Path:
+    path.write_bytes(wavs.wav_bytes(samples, subtype="FLOAT"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    return export_energy_model(tmp_path_factory.mktemp("detect") / "job")
+
+
+@pytest.fixture(scope="module")
+def scorer(job):
+    return detect.Scorer(str(job))
+
+
+def test_keywords_at_the_start_middle_and_end_give_one_event_each(job, tmp_path, capsys):
+    stream = recording()
+    wav = write_wav(tmp_path / "long.wav", stream.audio)
+    results = detect.run(["--model-dir", str(job), str(wav)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(results) == 3
+    path, time, label, score = lines[0].split("\t")
+    assert path == str(wav) and label == "yes" and 0.5 <= float(score) <= 1
+    match = detection.match_events(
+        [detection.Event(r["time"], r["label"], r["score"]) for r in results], stream.truth)
+    assert len(match.hits) == 3 and not match.false_accepts
+    assert results[-1]["time"] <= len(stream.audio) / RATE
+
+
+def test_blocks_of_any_size_give_the_events_of_the_whole_recording(scorer):
+    stream = recording(seconds=13.3)
+    config = detection.default_config(LABELS)
+    windows = detection.frame_windows(
+        stream.audio, 0, 0, detection.num_windows(len(stream.audio), config.window, config.hop),
+        config.window, config.hop)
+    whole = detection.detect(scorer(windows), len(stream.audio), LABELS, config)
+    assert len(whole) == 3
+    for block in (4001, 5 * RATE + 3, len(stream.audio)):
+        blocks = [stream.audio[i:i + block] for i in range(0, len(stream.audio), block)]
+        found = detect.detect_blocks(blocks, scorer, config)
+        assert found.events == whole, block
+        assert found.num_samples == len(stream.audio)
+
+
+def test_json_lines_truth_metrics_and_plot(job, tmp_path, capsys):
+    stream = recording()
+    wav = write_wav(tmp_path / "long.wav", stream.audio)
+    truth = tmp_path / "truth.csv"
+    truth.write_text(streams.format_truth_csv(stream.truth))
+    plot = tmp_path / "plot.png"
+    detect.run(["--model-dir", str(job), str(wav), "--json", "--truth", str(truth),
+                "--plot", str(plot)])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    events, summary = rows[:-1], rows[-1]
+    assert [set(row) for row in events] == [{"path", "label", "time", "score"}] * 3
+    assert summary["metrics"]["recall"] == 1.0
+    assert summary["metrics"]["false_accepts"] == 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_stored_operating_point_is_used_unless_a_threshold_is_given(tmp_path, capsys):
+    job = export_energy_model(tmp_path / "job", compile_waveform=False)
+    wav = write_wav(tmp_path / "long.wav", recording().audio)
+    assert len(detect.run(["--model-dir", str(job), str(wav)])) == 3
+    assert "no detection.json" in capsys.readouterr().err
+    config = detection.default_config(LABELS).with_threshold(1.0)
+    detect.write_config(str(job / "export"), config)
+    assert detect.run(["--model-dir", str(job), str(wav)]) == []
+    assert len(detect.run(["--model-dir", str(job), str(wav), "--threshold", "0.5"])) == 3
+    assert "no detection.json" not in capsys.readouterr().err
+
+
+def test_bad_files_get_one_line_each_and_the_others_are_processed(job, tmp_path, capsys):
+    good = write_wav(tmp_path / "good.wav", recording().audio)
+    bad = []
+    for name, data in wavs.broken_files().items():
+        (tmp_path / name).write_bytes(data)
+        bad.append(tmp_path / name)
+    missing = tmp_path / "missing.wav"
+    files = [str(p) for p in bad[:3]] + [str(good), str(missing)] + [str(p) for p in bad[3:]]
+    code = detect.main(["--model-dir", str(job)] + files)
+    captured = capsys.readouterr()
+    assert code == 1
+    assert len(captured.out.strip().splitlines()) == 3  # the good file's events
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == len(bad) + 2  # one per bad file, then the summary
+    for path in bad + [missing]:
+        assert sum(str(path) in line for line in errors) == 1
+    assert "Traceback" not in captured.err
+
+
+def test_user_errors_end_in_one_line(job, tmp_path, capsys):
+    wav = write_wav(tmp_path / "a.wav", recording(seconds=3).audio)
+    assert detect.main(["--model-dir", str(tmp_path / "nope"), str(wav)]) == 2
+    assert "model directory not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        detect.main(["--model-dir", str(job), str(wav), "--threshold", "1.5"])
+    assert exit_info.value.code == 2
+    assert "must be in (0, 1]" in capsys.readouterr().err
+    assert detect.main(["--model-dir", str(job), str(wav), str(wav), "--truth", "x.csv"]) == 2
+    assert "exactly one" in capsys.readouterr().err
+    bad_truth = tmp_path / "truth.csv"
+    bad_truth.write_text("yes,1000\n")
+    assert detect.main(["--model-dir", str(job), str(wav), "--truth", str(bad_truth)]) == 2
+    assert f"{bad_truth}: row 1" in capsys.readouterr().err
+
+
+def test_model_without_unknown_is_warned_about(tmp_path, capsys):
+    job = export_energy_model(tmp_path / "job", labels=["no", "yes"], compile_waveform=False)
+    wav = write_wav(tmp_path / "a.wav", recording(seconds=5).audio)
+    detect.run(["--model-dir", str(job), str(wav)])
+    assert "no _unknown_ class, so it will fire on any speech" in capsys.readouterr().err

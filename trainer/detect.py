@@ -1,0 +1,455 @@
+"""Finds keywords in recordings of any length with an exported model.
+
+    python -m trainer.detect --model-dir JOB recording.wav [more.wav ...]
+    python -m trainer.detect --model-dir JOB long.wav --json --threshold 0.9 --plot long.png
+    python -m trainer.detect --model-dir JOB long.wav --truth long.csv   # recall, false accepts
+
+Each file is read in blocks (a 10-hour file costs the memory of a few seconds); the
+model scores one-second windows every 100 ms, a batch of windows per call; scores are
+smoothed and an event fires when a keyword's smoothed score reaches its threshold (see
+`trainer.detection`). Thresholds and smoothing come from JOB/export/detection.json,
+which training writes for a model with an `_unknown_` class; `--threshold` overrides
+them. One line per event, `path  time  label  score`, or JSON Lines with `--json`::
+
+    {"path": "long.wav", "label": "yes", "time": 12.3, "score": 0.97}
+
+`time` is when the keyword is recognised (the end of the window that fired), in seconds
+from the start of the file. A file that cannot be read gets one line on stderr and the
+others are still processed (exit code 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Iterable, Iterator, NamedTuple, Optional
+
+from pipelines.errors import import_tensorflow_quietly
+
+import_tensorflow_quietly()
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from pipelines import audio, contract  # noqa: E402
+from pipelines.errors import PartialFailure, UserError, run_cli  # noqa: E402
+from trainer import artifacts, detection, streams  # noqa: E402
+
+BATCH_WINDOWS = 64  # windows per model call; fixed, as the XLA-compiled signature
+#                     compiles once per batch size
+BLOCK_SAMPLES = BATCH_WINDOWS * contract.SAMPLE_RATE * detection.HOP_MS // 1000
+
+
+class Scorer:
+    """An exported model, loaded once, that scores batches of one-second windows."""
+
+    def __init__(self, model_dir: str, batch_windows: int = BATCH_WINDOWS):
+        self.export_dir = artifacts.export_dir_of(model_dir)
+        self.model = artifacts.load_serving_model(model_dir)
+        self._serve = self.model.signatures["waveform"]
+        self.labels = artifacts.read_model_labels(self.export_dir)
+        self.batch_windows = batch_windows
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        """float32 [n, window samples] -> probabilities [n, labels]."""
+        out = []
+        for start in range(0, len(windows), self.batch_windows):
+            batch = windows[start:start + self.batch_windows]
+            count = len(batch)
+            if count < self.batch_windows:
+                batch = np.concatenate([batch, np.zeros(
+                    (self.batch_windows - count, batch.shape[1]), np.float32)])
+            outputs = self._serve(waveform=tf.constant(batch))
+            out.append(outputs["probabilities"].numpy()[:count])
+        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+
+
+def read_config(export_dir: str, labels: list[str]) -> Optional[detection.Config]:
+    """export/detection.json, or None when training left none."""
+    path = f"{export_dir.rstrip('/')}/{detection.CONFIG_FILE}"
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path, "r") as handle:
+        text = handle.read()
+    try:
+        return detection.config_from_json(text, labels)
+    except (ValueError, TypeError, KeyError) as error:
+        raise UserError(f"{path}: not a detection config ({error})") from None
+
+
+def write_config(export_dir: str, config: detection.Config) -> str:
+    path = f"{export_dir.rstrip('/')}/{detection.CONFIG_FILE}"
+    with tf.io.gfile.GFile(path, "w") as handle:
+        handle.write(detection.config_to_json(config))
+    return path
+
+
+class WindowBatch(NamedTuple):
+    first: int  # number of the first window
+    probabilities: np.ndarray  # [n, labels]
+    times: np.ndarray  # seconds at which each window ends
+
+
+class Windows:
+    """Scores a recording's windows as its blocks arrive; `num_samples` once exhausted."""
+
+    def __init__(self, blocks: Iterable[np.ndarray], scorer: Scorer, config: detection.Config):
+        self.blocks, self.scorer, self.config = blocks, scorer, config
+        self.num_samples = 0
+        self.envelope: list[np.ndarray] = []  # per-block peaks, for plots
+
+    def __iter__(self) -> Iterator[WindowBatch]:
+        window, hop = self.config.window, self.config.hop
+        buffer, offset, next_window = np.zeros(0, np.float32), 0, 0
+        for block in self.blocks:
+            self.num_samples += len(block)
+            self.envelope.append(_peaks(block))
+            buffer = np.concatenate([buffer, block]) if len(buffer) else block
+            complete = (self.num_samples - window) // hop + 1 if self.num_samples >= window \
+                else 0
+            if complete > next_window:
+                yield self._score(buffer, offset, next_window, complete - next_window,
+                                  2 ** 62)
+                next_window = complete
+            drop = next_window * hop - offset
+            buffer, offset = buffer[drop:], offset + drop
+        if self.num_samples == 0:
+            raise audio.AudioError("zero-length audio")
+        total = detection.num_windows(self.num_samples, window, hop)
+        if total > next_window:
+            yield self._score(buffer, offset, next_window, total - next_window,
+                              self.num_samples)
+
+    def _score(self, buffer, offset, first, count, num_samples) -> WindowBatch:
+        window, hop = self.config.window, self.config.hop
+        windows = detection.frame_windows(buffer, offset, first, count, window, hop)
+        times = detection.window_times(first, count, num_samples, window, hop)
+        return WindowBatch(first, self.scorer(windows), times)
+
+
+PEAKS_PER_SECOND = 50
+
+
+def _peaks(block: np.ndarray) -> np.ndarray:
+    step = contract.SAMPLE_RATE // PEAKS_PER_SECOND
+    whole = len(block) // step * step
+    peaks = np.abs(block[:whole]).reshape(-1, step).max(axis=1) if whole else np.zeros(0)
+    if whole < len(block):
+        peaks = np.append(peaks, np.abs(block[whole:]).max())
+    return peaks.astype(np.float32)
+
+
+class Detection(NamedTuple):
+    events: list  # detection.Event
+    num_samples: int
+    trace: Optional[dict]  # times, smoothed scores and waveform peaks, when asked for
+
+
+def detect_blocks(blocks: Iterable[np.ndarray], scorer: Scorer, config: detection.Config,
+                  trace: bool = False) -> Detection:
+    """Events of one recording given as consecutive 16 kHz blocks."""
+    windows = Windows(blocks, scorer, config)
+    stream = detection.EventStream(scorer.labels, config)
+    events, times, smoothed = [], [], []
+    for batch in windows:
+        found, scores = stream.push(batch.probabilities, batch.times)
+        events += found
+        if trace:
+            times.append(batch.times)
+            smoothed.append(scores)
+    recorded = None
+    if trace:
+        recorded = {"times": np.concatenate(times), "smoothed": np.concatenate(smoothed),
+                    "peaks": np.concatenate(windows.envelope)}
+    return Detection(events, windows.num_samples, recorded)
+
+
+def detect_file(path: str, scorer: Scorer, config: detection.Config,
+                trace: bool = False) -> Detection:
+    """Events of a WAV file (raises audio.AudioError, or OSError when unreadable)."""
+    return detect_blocks(audio.read_blocks(path, BLOCK_SAMPLES), scorer, config, trace)
+
+
+def score_audio(samples: np.ndarray, scorer: Scorer, config: detection.Config) -> np.ndarray:
+    """Probabilities of every window of a recording held in memory (a generated stream)."""
+    blocks = (samples[start:start + BLOCK_SAMPLES]
+              for start in range(0, len(samples), BLOCK_SAMPLES))
+    return np.concatenate([batch.probabilities for batch in Windows(blocks, scorer, config)])
+
+
+# --- streams from a preprocessing run ---------------------------------------------
+
+STREAM_SECONDS = 600
+NUM_STREAMS = 3
+
+
+def split_clips(data_dir: str, split: str) -> tuple[list, list]:
+    """(keyword (label, clip) pairs, `_unknown_` clips) of one split of a preprocessing run.
+
+    `_silence_` clips are left out: the streams' background is their silence.
+    """
+    from trainer import data  # pylint: disable=import-outside-toplevel
+    files = data.shard_files(data_dir, split)
+    dataset = data.make_dataset(files, 256, False, waveform=True, keep_features=True)
+    keywords, unknowns = [], []
+    for batch in dataset:
+        names = [name.decode() for name in batch[contract.LABEL_NAME].numpy()]
+        waves = batch[contract.WAVEFORM].numpy()
+        for name, wave in zip(names, waves):
+            if name == streams.UNKNOWN:
+                unknowns.append(wave)
+            elif name != streams.SILENCE:
+                keywords.append((name, wave))
+    if not keywords:
+        raise UserError(f"{data_dir}/{split}: no keyword clips to build streams from")
+    if not any(np.any(wave) for _, wave in keywords[:10]):
+        raise UserError(f"{data_dir}: no stored waveforms (preprocess without "
+                        "--no-waveforms to build streams)")
+    return keywords, unknowns
+
+
+def background_recordings(data_dir: str) -> list[np.ndarray]:
+    """The run's background-noise recordings (empty when it has none)."""
+    files = tf.io.gfile.glob(contract.background_pattern(data_dir))
+    if not files:
+        return []
+    compression = "GZIP" if files[0].endswith(contract.GZIP_SUFFIX) else ""
+    return [contract.parse_background(record)[contract.WAVEFORM].numpy()
+            for record in tf.data.TFRecordDataset(files, compression_type=compression)]
+
+
+def split_streams(data_dir: str, split: str, count: int = NUM_STREAMS,
+                  duration_s: float = STREAM_SECONDS, seed: int = 0) -> list:
+    """`count` generated recordings (seeds seed, seed+1, ...) from one split."""
+    keywords, unknowns = split_clips(data_dir, split)
+    noises = background_recordings(data_dir)
+    return [streams.build_stream(keywords, unknowns, noises, duration_s, seed + i)
+            for i in range(count)]
+
+
+def score_streams(generated: list, scorer: Scorer, config: detection.Config) -> list:
+    """ScoredStreams of generated recordings (what the sweeps and metrics work on)."""
+    return [detection.ScoredStream(score_audio(stream.audio, scorer, config),
+                                   len(stream.audio), stream.truth) for stream in generated]
+
+
+def has_unknown(labels: list[str]) -> bool:
+    return streams.UNKNOWN in labels
+
+
+def choose_and_write(job_dir: str, data_dir: str, split: str = contract.VAL,
+                     count: int = NUM_STREAMS, duration_s: float = STREAM_SECONDS,
+                     ) -> tuple[detection.Config, dict]:
+    """Chooses the operating point on `split` streams and writes export/detection.json.
+
+    Returns:
+      (the Config, {smoothing: DET curve on the split's streams}).
+    """
+    scorer = Scorer(job_dir)
+    base = detection.default_config(scorer.labels)
+    scored = score_streams(split_streams(data_dir, split, count, duration_s), scorer, base)
+    config, curves = detection.choose_operating_point(scored, scorer.labels, base)
+    config = dataclasses.replace(config, chosen_on={
+        **config.chosen_on, "split": split, "streams": count, "stream_seconds": duration_s})
+    write_config(scorer.export_dir, config)
+    return config, curves
+
+
+def stream_report(scorer: Scorer, config: detection.Config, data_dir: str, split: str,
+                  count: int = NUM_STREAMS, duration_s: float = STREAM_SECONDS,
+                  seed: int = 0) -> dict:
+    """Streaming metrics at `config` and the DET curve on `split` streams."""
+    scored = score_streams(split_streams(data_dir, split, count, duration_s, seed),
+                           scorer, config)
+    metrics = detection.evaluate(scored, scorer.labels, config)
+    metrics.update({"split": split, "streams": count, "stream_seconds": duration_s,
+                    "seed": seed, "config": detection.config_to_dict(config),
+                    "det_curve": detection.det_curve(scored, scorer.labels, config)})
+    return metrics
+
+
+# --- figures ------------------------------------------------------------------------
+
+def _write_png(figure, path: str) -> None:
+    import io  # pylint: disable=import-outside-toplevel
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=C0415
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        tf.io.gfile.makedirs(parent)
+    with tf.io.gfile.GFile(path, "wb") as handle:
+        handle.write(buffer.getvalue())
+
+
+def plot_detection(result: Detection, labels: list[str], config: detection.Config,
+                   title: str, path: str) -> None:
+    """Waveform peaks above, smoothed keyword scores below, events marked; a PNG."""
+    from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+    trace = result.trace
+    figure = Figure(figsize=(12, 5), layout="constrained")
+    wave_ax, score_ax = figure.subplots(2, 1, sharex=True, height_ratios=[1, 2])
+    peaks = trace["peaks"]
+    seconds = np.arange(len(peaks)) / PEAKS_PER_SECOND
+    wave_ax.fill_between(seconds, -peaks, peaks, color="0.4", linewidth=0)
+    wave_ax.set_ylabel("waveform")
+    wave_ax.set_title(str(title).replace("$", r"\$"))
+    for column, label in enumerate(labels):
+        if label in config.thresholds:
+            score_ax.plot(trace["times"], trace["smoothed"][:, column], linewidth=1,
+                          label=label)
+    for event in result.events:
+        for ax in (wave_ax, score_ax):
+            ax.axvline(event.time, color="red", linewidth=0.8, alpha=0.6)
+        score_ax.annotate(event.label, (event.time, 1.02), rotation=90, fontsize=7,
+                          ha="center", va="bottom", annotation_clip=False)
+    thresholds = sorted(set(config.thresholds.values()))
+    for threshold in thresholds:
+        score_ax.axhline(threshold, color="black", linestyle="--", linewidth=0.8)
+    score_ax.set_ylim(0, 1.1)
+    score_ax.set_xlabel("seconds (a score is drawn at the end of its window)")
+    score_ax.set_ylabel(f"smoothed score ({config.smoothing} windows)")
+    score_ax.legend(loc="upper right", fontsize=7, ncol=min(len(config.thresholds), 5))
+    _write_png(figure, path)
+
+
+def plot_det_curve(curves: dict, path: str, chosen: Optional[dict] = None) -> None:
+    """Miss rate against false accepts per hour, one line per curve; a PNG.
+
+    Args:
+      curves: name -> rows of `detection.det_curve`.
+      path: where the PNG goes.
+      chosen: a row (false_accepts_per_hour, miss_rate) to mark as the operating point.
+    """
+    from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+    figure = Figure(figsize=(6, 4.5), layout="constrained")
+    ax = figure.subplots()
+    for name, rows in curves.items():
+        ax.plot([row["false_accepts_per_hour"] for row in rows],
+                [row["miss_rate"] for row in rows], marker=".", label=str(name))
+    if chosen:
+        ax.plot([chosen["false_accepts_per_hour"]], [chosen["miss_rate"]], "r*",
+                markersize=12, label="operating point")
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel("false accepts per hour")
+    ax.set_ylabel("miss rate")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    _write_png(figure, path)
+
+
+# --- command line -------------------------------------------------------------------
+
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer.detect",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="+", metavar="FILE.wav", help="local or gs:// paths")
+    parser.add_argument("--model-dir", required=True,
+                        help="a training job directory (or its export/ SavedModel)")
+    parser.add_argument("--json", action="store_true", help="JSON Lines instead of text")
+    parser.add_argument("--threshold", type=_threshold, default=None,
+                        help="one threshold for every keyword, instead of detection.json's")
+    parser.add_argument("--plot", default=None,
+                        help="PNG of the first file: waveform, scores over time, events")
+    parser.add_argument("--truth", default=None, metavar="CSV",
+                        help="label,start_ms,end_ms of the words in the (single) file: "
+                             "prints recall, false accepts per hour, wrong labels, delay")
+    return parser
+
+
+def load_config(scorer: Scorer, model_dir: str, threshold: Optional[float]
+                ) -> detection.Config:
+    """The stored operating point (or the default), `threshold` applied; warns on stderr."""
+    if not has_unknown(scorer.labels):
+        print(f"warning: {model_dir}: the model has no {streams.UNKNOWN} class, so it will "
+              "fire on any speech, not only its keywords (train on a run preprocessed "
+              "with --unknown-percent)", file=sys.stderr)
+    config = read_config(scorer.export_dir, scorer.labels)
+    if config is None:
+        config = detection.default_config(scorer.labels)
+        if threshold is None:
+            print(f"note: {scorer.export_dir}: no {detection.CONFIG_FILE} (training chooses "
+                  f"one for a model with {streams.UNKNOWN}); threshold "
+                  f"{detection.DEFAULT_THRESHOLD} for every keyword", file=sys.stderr)
+    return config.with_threshold(threshold) if threshold is not None else config
+
+
+def _read_truth(path: str) -> list:
+    if not tf.io.gfile.exists(path):
+        raise UserError(f"{path}: truth CSV not found")
+    with tf.io.gfile.GFile(path, "r") as handle:
+        text = handle.read()
+    try:
+        return streams.read_truth_csv(text)
+    except ValueError as error:
+        raise UserError(f"{path}: {error}") from None
+
+
+def format_metrics(metrics: dict) -> str:
+    delay = metrics["mean_delay_s"]
+    return (f"recall {metrics['recall']:.3f} ({metrics['hits']}/{metrics['keywords']} "
+            f"keywords), {metrics['false_accepts_per_hour']:.1f} false accepts per hour "
+            f"({metrics['false_accepts']} in {metrics['hours'] * 60:.1f} min), wrong label "
+            f"{metrics['wrong_label_rate']:.3f}, mean delay "
+            + ("-" if delay is None else f"{delay:.2f} s") + " after the keyword's end")
+
+
+def run(argv: Optional[list[str]] = None) -> list[dict]:
+    args = build_parser().parse_args(argv)
+    if args.truth and len(args.files) != 1:
+        raise UserError("--truth describes one recording: give exactly one FILE.wav")
+    truth = _read_truth(args.truth) if args.truth else None
+    scorer = Scorer(args.model_dir)
+    config = load_config(scorer, args.model_dir, args.threshold)
+    results, failed = [], []
+    for number, path in enumerate(args.files):
+        try:
+            found = detect_file(path, scorer, config, trace=bool(args.plot) and number == 0)
+        except audio.AudioError as error:
+            failed.append(path)
+            print(f"error: {path}: {error}", file=sys.stderr)
+            continue
+        except (OSError, tf.errors.OpError) as error:
+            failed.append(path)
+            reason = getattr(error, "message", None) or str(error) or type(error).__name__
+            print(f"error: {path}: cannot read ({reason.strip().splitlines()[0]})",
+                  file=sys.stderr)
+            continue
+        for event in found.events:
+            result = {"path": path, "label": event.label, "time": event.time,
+                      "score": event.score}
+            results.append(result)
+            print(json.dumps(result) if args.json else
+                  f"{path}\t{event.time:.2f}\t{event.label}\t{event.score:.3f}", flush=True)
+        if found.trace is not None:
+            plot_detection(found, scorer.labels, config, path, args.plot)
+        if truth is not None:
+            match = detection.match_events(found.events, truth)
+            metrics = detection.stream_metrics([match], found.num_samples / contract.SAMPLE_RATE)
+            print(json.dumps({"path": path, "metrics": metrics}) if args.json
+                  else f"{path}: {format_metrics(metrics)}")
+    if failed:
+        raise PartialFailure(f"{len(failed)} of {len(args.files)} files could not be "
+                             "read (see above)")
+    return results
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run_cli(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
