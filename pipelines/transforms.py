@@ -7,6 +7,7 @@ for the keyword-spotting setting, sample the `_unknown_` clips and cut `_silence
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Iterable, Optional
 
@@ -45,32 +46,57 @@ def MatchPatterns(pipeline, patterns: Iterable[str]):  # pylint: disable=invalid
             | "Spread" >> beam.Reshuffle())
 
 
+@dataclasses.dataclass(frozen=True)
+class FeaturizeConfig:
+    """What `FeaturizeFile` needs to turn a path into an example, or a reason not to.
+
+    Attributes:
+      data_dir: the data folder; labels are its immediate sub-folders.
+      labels: every label of the run, in index order (labels.txt).
+      split: `dataset.SPLIT_SPEAKER` or `dataset.SPLIT_RANDOM`.
+      seed: seed of the random split.
+      val_percent, test_percent: the split's shares.
+      wanted: the labels of --labels, or None for every folder not starting with _.
+      salt: salt of the speaker hash.
+      waveforms: also store the padded waveform.
+      unknown: clips of other words go to the `unknown` output (--unknown-percent).
+      noise: paths of the background recordings go to the `noise` output
+        (--silence-percent).
+    """
+    data_dir: str
+    labels: tuple[str, ...]
+    split: str = dataset.SPLIT_SPEAKER
+    seed: int = 42
+    val_percent: float = 10.0
+    test_percent: float = 10.0
+    wanted: Optional[tuple[str, ...]] = None
+    salt: str = dataset.DEFAULT_SPLIT_SALT
+    waveforms: bool = True
+    unknown: bool = False
+    noise: bool = False
+
+    def split_of(self, path: str) -> str:
+        """The split of one clip: by its speaker, or per file with --split random."""
+        if self.split == dataset.SPLIT_RANDOM:
+            return dataset.split_for_file(path, self.seed, self.val_percent,
+                                          self.test_percent)
+        return dataset.split_for_speaker(dataset.speaker_id(path), self.val_percent,
+                                         self.test_percent, self.salt)
+
+
 class FeaturizeFile(beam.DoFn):
     """Path -> (split, label_name, serialized tf.Example).
 
     Files that are not clips go to the `skipped` output as a reason string; clips that
     cannot be decoded go to `rejected` as a JSON line naming the path and the reason.
     Recordings in `_background_noise_` go, decoded whole, to the `background` output
-    (and, with `noise`, their paths to `noise`). With `unknown`, clips of words
-    that are not wanted go to `unknown` as (split, path), to be sampled before decoding.
+    (and, with `config.noise`, their paths to `noise`). With `config.unknown`, clips of
+    words that are not wanted go to `unknown` as (split, path), to be sampled before
+    decoding. Only the first second of a clip is read, whatever the file's length.
     """
 
-    def __init__(self, data_dir: str, labels: list[str], split: str, seed: int,
-                 val_percent: float, test_percent: float,
-                 wanted: Optional[list[str]] = None,
-                 salt: str = dataset.DEFAULT_SPLIT_SALT, waveforms: bool = True,
-                 unknown: bool = False, noise: bool = False):
-        self._data_dir = data_dir
-        self._labels = list(labels)
-        self._split = split
-        self._seed = seed
-        self._val_percent = val_percent
-        self._test_percent = test_percent
-        self._wanted = wanted
-        self._salt = salt
-        self._waveforms = waveforms
-        self._unknown = unknown
-        self._noise = noise
+    def __init__(self, config: FeaturizeConfig):
+        self._config = config
         self._index = {}
         self._read = Metrics.counter("preprocess", "files_read")
         self._written = Metrics.counter("preprocess", "examples")
@@ -78,29 +104,23 @@ class FeaturizeFile(beam.DoFn):
         self._skipped = Metrics.counter("preprocess", "skipped")
 
     def setup(self):
-        self._index = {label: i for i, label in enumerate(self._labels)}
-
-    def _split_of(self, path: str, speaker: str) -> str:
-        if self._split == dataset.SPLIT_RANDOM:
-            return dataset.split_for_file(path, self._seed, self._val_percent,
-                                          self._test_percent)
-        return dataset.split_for_speaker(speaker, self._val_percent, self._test_percent,
-                                         self._salt)
+        self._index = {label: i for i, label in enumerate(self._config.labels)}
 
     def _background(self, path: str):
         try:
-            waveform = audio.decode_wav(read_bytes(path))
+            waveform = audio.decode_wav(path)
         except (audio.AudioError, IOError, OSError) as error:
             self._rejected.inc()
             yield beam.pvalue.TaggedOutput(REJECTED, rejection(path, str(error)))
             return
         yield beam.pvalue.TaggedOutput(BACKGROUND, contract.serialize_background(waveform, path))
-        if self._noise:
+        if self._config.noise:
             yield beam.pvalue.TaggedOutput(NOISE, path)
 
     def process(self, path: str):
         self._read.inc()
-        entry = dataset.classify(path, self._data_dir, self._wanted, self._unknown)
+        config = self._config
+        entry = dataset.classify(path, config.data_dir, config.wanted, config.unknown)
         if entry.skip_reason == dataset.BACKGROUND_REASON:
             yield from self._background(path)
             return
@@ -108,15 +128,14 @@ class FeaturizeFile(beam.DoFn):
             self._skipped.inc()
             yield beam.pvalue.TaggedOutput(SKIPPED, entry.skip_reason or "label not listed")
             return
-        if self._unknown and entry.label == dataset.UNKNOWN_LABEL:
-            speaker = dataset.speaker_id(path)
-            yield beam.pvalue.TaggedOutput(UNKNOWN, (self._split_of(path, speaker), path))
+        if config.unknown and entry.label == dataset.UNKNOWN_LABEL:
+            yield beam.pvalue.TaggedOutput(UNKNOWN, (config.split_of(path), path))
             return
         yield from self._example(path, entry.label)
 
     def _example(self, path: str, label: str):
         try:
-            clip = audio.featurize(read_bytes(path))
+            clip = audio.featurize(path)
         except audio.AudioError as error:
             self._rejected.inc()
             yield beam.pvalue.TaggedOutput(REJECTED, rejection(path, str(error)))
@@ -125,18 +144,18 @@ class FeaturizeFile(beam.DoFn):
             self._rejected.inc()
             yield beam.pvalue.TaggedOutput(REJECTED, rejection(path, f"cannot read ({error})"))
             return
-        speaker = dataset.speaker_id(path)
         self._written.inc()
-        yield (self._split_of(path, speaker), label,
+        yield (self._config.split_of(path), label,
                contract.serialize_example(
-                   clip.spectrogram, self._index[label], label, speaker, path,
-                   clip.num_samples, clip.waveform if self._waveforms else None))
+                   clip.spectrogram, self._index[label], label, dataset.speaker_id(path),
+                   path, clip.num_samples,
+                   clip.waveform if self._config.waveforms else None))
 
 
 class FeaturizeUnknown(FeaturizeFile):
     """(split, path) of a sampled unknown-word clip -> (split, "_unknown_", tf.Example).
 
-    Built with the same arguments as `FeaturizeFile`; the clip keeps its speaker's split.
+    Built with the same config as `FeaturizeFile`; the clip keeps its speaker's split.
     """
 
     def process(self, element):
@@ -199,33 +218,30 @@ class CutSilence(beam.DoFn):
 
     Side inputs: the paths of all the recordings (the clips are dealt to them in turn)
     and each split's wanted-word example count. The recording is decoded again here
-    rather than passed along: it is megabytes, its path is bytes (and passing the arrays
-    on made the multi-process DirectRunner drop examples). Each clip is featurised
-    with the same functions as a real clip (`audio.pad_or_trim`, `audio.spectrogram`).
+    rather than passed along from `FeaturizeFile`: its path is a few bytes, its samples
+    megabytes. Each clip is featurised with the same functions as a real clip
+    (`audio.pad_or_trim`, `audio.spectrogram`).
     """
 
-    def __init__(self, label: int, percent: float, val_percent: float, test_percent: float,
-                 seed: int, waveforms: bool = True):
-        self._label = label
+    def __init__(self, config: FeaturizeConfig, percent: float):
+        self._config = config
+        self._label = config.labels.index(dataset.SILENCE_LABEL)
         self._percent = percent
-        self._val_percent = val_percent
-        self._test_percent = test_percent
-        self._seed = seed
-        self._waveforms = waveforms
         self._written = Metrics.counter("preprocess", "silence")
 
     def process(self, path, paths, wanted):
-        waveform = audio.decode_wav(read_bytes(path))
+        config = self._config
+        waveform = audio.decode_wav(path)
         ordered = sorted(paths)
         for split in contract.SPLITS:
             count = dataset.share(wanted.get(split, 0), self._percent)
             for crop in dataset.silence_crops(
                     ordered.index(path), len(ordered), waveform.shape[0], split, count,
-                    self._val_percent, self._test_percent, self._seed):
+                    config.val_percent, config.test_percent, config.seed):
                 samples = waveform[crop.start:crop.start + crop.length] * np.float32(crop.gain)
                 padded = audio.pad_or_trim(samples)
                 self._written.inc()
                 yield (split, dataset.SILENCE_LABEL, contract.serialize_example(
                     audio.spectrogram(padded), self._label, dataset.SILENCE_LABEL,
                     dataset.SILENCE_LABEL, dataset.silence_path(path, crop), crop.length,
-                    padded if self._waveforms else None))
+                    padded if config.waveforms else None))

@@ -57,7 +57,7 @@ def test_featurize_routes_clips_rejects_and_skips(tmp_path):
         results = (pipeline
                    | beam.Create(paths)
                    | beam.ParDo(transforms.FeaturizeFile(
-                       str(root), ["no", "yes"], dataset.SPLIT_SPEAKER, 42, 10, 10))
+                       transforms.FeaturizeConfig(str(root), ("no", "yes"))))
                    .with_outputs(transforms.REJECTED, transforms.SKIPPED, main="examples"))
         labelled = results.examples | beam.Map(
             lambda e: (e[1], contract.parse_example(tf.constant(e[2]))["label"].numpy().item()))
@@ -78,7 +78,7 @@ def test_featurize_puts_each_speaker_in_its_hashed_split(tmp_path):
         splits = (pipeline
                   | beam.Create(paths)
                   | beam.ParDo(transforms.FeaturizeFile(
-                      str(root), ["left", "right"], dataset.SPLIT_SPEAKER, 42, 10, 10))
+                      transforms.FeaturizeConfig(str(root), ("left", "right"))))
                   | beam.Map(lambda e: (e[0], contract.parse_example(
                       tf.constant(e[2]))["speaker"].numpy().decode())))
         assert_that(splits, equal_to(expected))
