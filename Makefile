@@ -36,12 +36,12 @@ EXTRA_ZIP ?= ../shared/data/speech_commands_extra.zip
 BENCH ?= runs/bench
 bench: setup
 	rm -rf $(BENCH) && mkdir -p $(BENCH) && unzip -q $(SUBSET_ZIP) -d $(BENCH)
-	$(BIN)/python -m pipelines.benchmark --data-dir $(BENCH)/speech_commands_subset --work-dir $(BENCH)/prep
+	$(BIN)/python -m benchmarks.preprocess --data-dir $(BENCH)/speech_commands_subset --work-dir $(BENCH)/prep
 	unzip -q $(EXTRA_ZIP) 'speech_commands_extra/_background_noise_/*' -d $(BENCH)
 	mv $(BENCH)/speech_commands_extra/_background_noise_ $(BENCH)/speech_commands_subset/
 	$(BIN)/python -m pipelines.preprocess --data-dir $(BENCH)/speech_commands_subset --output-dir $(BENCH)/data
-	$(BIN)/python -m trainer.compare --data-dir $(BENCH)/data --work-dir $(BENCH)/compare --models kws tutorial --seeds 42 1 2 --reference
-	$(BIN)/python -m trainer.benchmark --data-dir $(BENCH)/data --job-dir $(BENCH)/compare/tutorial-seed42 --job-dir $(BENCH)/compare/kws-seed42
+	$(BIN)/python -m benchmarks.compare --data-dir $(BENCH)/data --work-dir $(BENCH)/compare --models kws tutorial --seeds 42 1 2 --reference
+	$(BIN)/python -m benchmarks.training --data-dir $(BENCH)/data --job-dir $(BENCH)/compare/tutorial-seed42 --job-dir $(BENCH)/compare/kws-seed42
 
 clean:
 	rm -rf runs

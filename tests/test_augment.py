@@ -1,11 +1,14 @@
 """Tests of trainer/augment.py: shapes, determinism, noise level and masking."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from pipelines import contract
-from trainer import augment
+from trainer import augment, data
+from trainer.models import kws
 
 SEED = tf.constant([3, 7], tf.int64)
 
@@ -159,7 +162,8 @@ def test_spec_augment_masks_bands_and_keeps_the_rest():
 
 def test_spec_augment_without_masks_is_identity():
     spectrogram = tf.ones((2, 124, 129))
-    out = augment.spec_augment(spectrogram, SEED, time_masks=0, freq_masks=0)
+    out = augment.spec_augment(spectrogram, SEED, time_masks=0, max_time_mask=12,
+                               freq_masks=0, max_freq_mask=12)
     np.testing.assert_array_equal(out.numpy(), spectrogram.numpy())
 
 
@@ -169,7 +173,8 @@ def test_augment_dataset_shapes_determinism_and_fresh_epochs():
     batched = tf.data.Dataset.from_tensor_slices((waveforms, labels)).batch(4)
 
     def epochs(seed):
-        dataset = augment.augment_dataset(batched, _noise_bank(), seed=seed, time_masks=1)
+        settings = dataclasses.replace(kws.RECIPE.augmentation, time_masks=1, max_time_mask=12)
+        dataset = augment.augment_dataset(batched, _noise_bank(), settings, seed=seed)
         return [[x.numpy() for x, _ in dataset] for _ in range(2)]
 
     first, repeat = epochs(5), epochs(5)
@@ -188,7 +193,7 @@ def test_load_background_reads_records(tmp_path):
     with tf.io.TFRecordWriter(str(folder / "data-00000-of-00001.tfrecord")) as writer:
         writer.write(contract.serialize_background(np.ones(20_000, np.float32), "a.wav"))
         writer.write(contract.serialize_background(np.ones(500, np.float32), "short.wav"))
-    bank = augment.load_background(str(tmp_path))
+    bank = data.load_background(str(tmp_path))
     assert bank.lengths.numpy().tolist() == [20_000]  # too-short recording dropped
     with pytest.raises(ValueError, match="no background-noise records"):
-        augment.load_background(str(tmp_path / "missing"))
+        data.load_background(str(tmp_path / "missing"))

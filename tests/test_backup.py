@@ -105,4 +105,44 @@ def test_backups_go_through_gfile_and_go_at_the_end(tmp_path):
     for got, want in zip(net.get_weights(), snapshot.after[2]):
         np.testing.assert_array_equal(got, want)
     _fit(_net(1), 1, [backup.EpochBackup(directory)])
-    assert not tf.io.gfile.exists(directory)
+    # Its files go; the folder stays, as this backup did not create it.
+    assert not tf.io.gfile.exists(directory) or tf.io.gfile.listdir(directory) == []
+
+
+def test_training_end_removes_only_the_backups_own_files(tmp_path):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    (folder / "sub").mkdir()
+    (folder / "epoch-12.weights.h5.bak").write_text("not a backup name")
+    _fit(_net(1), 2, [backup.EpochBackup(str(folder), {"run": 1})])
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "epoch-12.weights.h5.bak", "notes.txt", "sub"]
+    created = tmp_path / "made"
+    _fit(_net(1), 1, [backup.EpochBackup(str(created), {"run": 1})])
+    assert not created.exists()  # it made the folder, and removes it once empty
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _fit(_net(1), 1, [backup.EpochBackup(str(empty), {"run": 1})])
+    assert empty.is_dir()  # not its folder: left in place
+
+
+def test_a_backup_of_another_run_is_refused_naming_what_differs(tmp_path):
+    directory = str(tmp_path / "ck")
+    _fit(_net(1), 2, [backup.EpochBackup(directory, {"labels": ["a", "b"], "seed": 1},
+                                         delete_at_end=False)])
+    same = backup.EpochBackup(directory, {"labels": ["a", "b"], "seed": 1})
+    same.check_same_run()
+    other = backup.EpochBackup(directory, {"labels": ["a", "c"], "seed": 1})
+    with pytest.raises(UserError, match=r"another run \(labels differ\); pass --restart"):
+        other.check_same_run()
+    other.discard()
+    assert not (tmp_path / "ck").exists() or not list((tmp_path / "ck").iterdir())
+    other.check_same_run()  # nothing left to resume: a fresh start
+
+
+def test_backups_without_a_fingerprint_are_refused(tmp_path):
+    directory = str(tmp_path / "ck")
+    _fit(_net(1), 1, [backup.EpochBackup(directory, delete_at_end=False)])
+    with pytest.raises(UserError, match="without a backup.json"):
+        backup.EpochBackup(directory, {"seed": 1}).check_same_run()

@@ -1,4 +1,4 @@
-"""Tests of pipelines.benchmark: the baseline writes what the pipeline writes."""
+"""Tests of benchmarks.preprocess: the baseline writes what the pipeline writes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import benchmark, contract, errors, preprocess
+from benchmarks import preprocess as benchmark
+from pipelines import contract, errors, preprocess
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 WORDS = ("go", "stop", "yes")
@@ -112,7 +113,7 @@ def test_commands_time_each_contender_as_its_own_process(tmp_path):
     runs = benchmark.commands("/data", tmp_path)
     assert list(runs) == [benchmark.BASELINE, benchmark.PIPELINE, benchmark.PIPELINE_MP]
     baseline, pipeline, multi = (command for command, _ in runs.values())
-    assert baseline[1:4] == ["-m", "pipelines.benchmark", "--baseline"]
+    assert baseline[1:4] == ["-m", "benchmarks.preprocess", "--baseline"]
     assert pipeline[1:3] == ["-m", "pipelines.preprocess"]
     assert multi[-4:] == benchmark.MULTI_PROCESS_FLAGS
     assert runs[benchmark.PIPELINE][1] == tmp_path / benchmark.PIPELINE

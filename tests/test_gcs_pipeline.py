@@ -99,11 +99,12 @@ def test_preprocess_missing_gcs_folder_is_a_user_error(gcs_server):
 def test_batch_prediction_reads_and_writes_gcs(staged, tmp_path):
     """pipelines.predict over gs:// clips equals trainer.predict over local copies."""
     from pipelines import predict as batch_predict
-    from trainer import export, model, predict
+    from trainer import export, predict
+    from trainer.models import tutorial
 
     # An untrained tutorial network is enough to compare the two prediction paths.
     job = tmp_path / "job"
-    export.export_model(model.build_tutorial(len(LABELS)), list(LABELS),
+    export.export_model(tutorial.build(len(LABELS)), list(LABELS),
                         str(job / export.EXPORT_DIR))
     (job / contract.LABELS_FILE).write_text(contract.format_labels(list(LABELS)))
     out = f"{staged}/predictions"

@@ -1,4 +1,4 @@
-"""Tests of trainer/kws_model.py: shape, size, serialisation, front end, training pieces."""
+"""Tests of trainer/models/kws.py and the training pieces its recipe uses."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,8 @@ import tensorflow as tf
 
 import keras
 from pipelines import contract
-from trainer import kws_model
+from trainer import export, training
+from trainer.models import kws
 
 MAX_PARAMS = 250_000
 
@@ -17,15 +18,15 @@ def _spectrograms(batch: int = 3) -> np.ndarray:
 
 
 def test_output_shape_and_parameter_budget():
-    model = kws_model.build_kws_model(8)
+    model = kws.build(8)
     assert model.input_shape == (None,) + contract.SPECTROGRAM_SHAPE
     assert model(_spectrograms()).shape == (3, 8)
     assert model.count_params() <= MAX_PARAMS
 
 
 def test_stem_strides_cut_positions_not_parameters():
-    default = kws_model.build_kws_model(8)
-    strided = kws_model.build_kws_model(8, stem_strides=(4, 2))
+    default = kws.build(8)
+    strided = kws.build(8, stem_strides=(4, 2))
     assert strided.count_params() == default.count_params()
     assert strided(_spectrograms()).shape == (3, 8)
     assert strided.get_layer("stem").output.shape[1] == -(-contract.NUM_FRAMES // 4)
@@ -34,24 +35,24 @@ def test_stem_strides_cut_positions_not_parameters():
 
 def _trained(model: keras.Model) -> keras.Model:
     """`model` after one training step, which moves the BN statistics off their start."""
-    kws_model.compile_with_recipe(model, kws_model.training_recipe(epochs=1), 1)
+    kws.RECIPE.with_overrides(epochs=1).compile(model, train_size=1)
     model.fit(_spectrograms(4), np.arange(4), epochs=1, verbose=0)
     return model
 
 
 def test_single_conv_first_stage_keeps_shapes():
-    residual = kws_model.build_kws_model(8)
-    single = kws_model.build_kws_model(8, first_stage="conv")
+    residual = kws.build(8, first_stage="residual")
+    single = kws.build(8, first_stage="conv")
     # One 3x3 16->16 convolution and its BN (4 x 16 numbers) fewer.
     assert residual.count_params() - single.count_params() == 9 * 16 * 16 + 4 * 16
     assert single.get_layer("stage1_relu").output.shape == \
         residual.get_layer("stage1_out").output.shape
     with pytest.raises(ValueError, match="first_stage"):
-        kws_model.build_kws_model(8, first_stage="none")
+        kws.build(8, first_stage="none")
 
 
 def test_keras_file_round_trip_gives_identical_outputs(tmp_path):
-    model = _trained(kws_model.build_kws_model(8))  # the round trip carries BN statistics
+    model = _trained(kws.build(8))  # the round trip carries BN statistics
     path = str(tmp_path / "model.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
@@ -62,7 +63,7 @@ def test_keras_file_round_trip_gives_identical_outputs(tmp_path):
 
 def test_log_mel_matches_a_direct_computation():
     x = _spectrograms(2)
-    layer = kws_model.LogMel(num_mel_bins=32, epsilon=1e-6)
+    layer = kws.LogMel(num_mel_bins=32, epsilon=1e-6)
     matrix = tf.signal.linear_to_mel_weight_matrix(32, contract.NUM_BINS,
                                                    contract.SAMPLE_RATE, 20.0, 7_600.0)
     expected = np.log(x @ matrix.numpy() + 1e-6)
@@ -71,7 +72,7 @@ def test_log_mel_matches_a_direct_computation():
 
 
 def test_spec_mask_only_in_training():
-    layer = kws_model.SpecMask(time_masks=2, max_time_mask=10, freq_masks=2,
+    layer = kws.SpecMask(time_masks=2, max_time_mask=10, freq_masks=2,
                                max_freq_mask=5, seed=1)
     x = tf.ones((4, 124, 40))
     np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())
@@ -82,11 +83,10 @@ def test_spec_mask_only_in_training():
 
 
 def test_recipe_overrides_and_compiled_training_lowers_loss():
-    recipe = kws_model.training_recipe(epochs=6, warmup_epochs=1, peak_learning_rate=3e-3)
-    assert recipe.epochs == 6 and recipe.batch_size == kws_model.Recipe().batch_size
-    model = kws_model.build_kws_model(4, channels=(8, 8, 8), spec_mask={"time_masks": 0,
-                                                                         "freq_masks": 0})
-    kws_model.compile_with_recipe(model, recipe, steps_per_epoch=1)
+    recipe = kws.RECIPE.with_overrides(epochs=6, warmup_epochs=1, learning_rate=3e-3)
+    assert recipe.epochs == 6 and recipe.batch_size == kws.RECIPE.batch_size
+    model = kws.build(4, channels=(8, 8, 8), spec_mask={"time_masks": 0, "freq_masks": 0})
+    recipe.compile(model, train_size=8)
     x, y = _spectrograms(8), np.arange(8) % 4
     x[y == 1] *= 0.01  # give the classes something to tell them apart
     history = model.fit(x, y, batch_size=8, epochs=recipe.epochs, verbose=0)
@@ -97,7 +97,7 @@ def test_recipe_overrides_and_compiled_training_lowers_loss():
 def test_weight_average_tracks_swaps_and_finalises():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
     model.layers[0].kernel.assign([[1.0], [1.0]])
-    callback = kws_model.WeightAverage(decay=0.5)
+    callback = training.WeightAverage(decay=0.5)
     callback.set_model(model)
     callback.on_train_begin()
     model.layers[0].kernel.assign([[3.0], [3.0]])
@@ -116,8 +116,8 @@ def test_weight_average_tracks_swaps_and_finalises():
 @pytest.mark.parametrize("first_stage, first_conv", [("residual", "stage1_conv1"),
                                                      ("conv", "stage1_conv")])
 def test_folded_model_matches_and_has_no_conv_batch_norms(first_stage, first_conv):
-    model = _trained(kws_model.build_kws_model(8, first_stage=first_stage))
-    folded = kws_model.fold_batch_norm(model)
+    model = _trained(kws.build(8, first_stage=first_stage))
+    folded = export.fold_batch_norm(model)
     x = _spectrograms()
     np.testing.assert_allclose(folded.predict(x, verbose=0), model.predict(x, verbose=0),
                                rtol=1e-4, atol=1e-4)

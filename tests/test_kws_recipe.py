@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from pipelines import audio, preprocess
 from tests import wavs
-from trainer import model, predict, recipes, task
+from trainer import models, predict, task
+from trainer.models import kws
 
 LABELS = ["left", "no", "yes"]
 
@@ -36,16 +37,16 @@ def job_dir(data_dir, tmp_path_factory):
 
 
 def test_default_model_is_the_small_keyword_model():
-    assert recipes.DEFAULT_MODEL == model.KWS
-    assert model.build_model(model.KWS, 8).count_params() <= 250_000
+    assert models.DEFAULT_MODEL == kws.NAME
+    assert models.build_model(kws.NAME, 8).count_params() <= 250_000
 
 
 def test_default_run_trains_the_kws_recipe(job_dir):
     metrics = json.loads((job_dir / "metrics.json").read_text())
-    assert metrics["model"] == model.KWS
+    assert metrics["model"] == kws.NAME
     assert metrics["settings"]["recipe"] == "KwsRecipe"
     assert metrics["settings"]["epochs_run"] == 2  # no early stopping cuts the schedule
-    assert metrics["parameters"] == model.build_model(model.KWS, 3).count_params()
+    assert metrics["parameters"] == models.build_model(kws.NAME, 3).count_params()
 
 
 def test_exported_folded_model_matches_the_keras_model(job_dir):
@@ -65,7 +66,7 @@ def test_exported_folded_model_matches_the_keras_model(job_dir):
 
 
 def test_training_batches_are_full_spectrogram_batches(data_dir):
-    recipe = recipes.get(model.KWS).with_overrides(batch_size=4)
+    recipe = models.get_recipe(kws.NAME).with_overrides(batch_size=4)
     args = task.build_parser().parse_args(["--data-dir", str(data_dir), "--job-dir", "x"])
     files = sorted(str(p) for p in (data_dir / "train").glob("*"))
     size = json.loads((data_dir / "metadata.json").read_text())["counts"]["train"]["total"]

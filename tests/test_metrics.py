@@ -1,11 +1,11 @@
-"""trainer.metrics on hand-made arrays, against values worked out by hand and a plain loop."""
+"""trainer.report.metrics on hand-made arrays, against values worked out by hand and a plain loop."""
 
 import json
 
 import numpy as np
 import pytest
 
-from trainer import metrics
+from trainer.report import metrics
 
 
 def test_hand_worked_example_with_a_class_never_predicted():

@@ -9,11 +9,11 @@ import pytest
 import tensorflow as tf
 
 from pipelines import audio, contract
-from trainer import metrics as classification, report
+from trainer.report import figures, metrics as classification, page as report
 
 LABELS = ["yes", "no", "<b>"]
-PNG_FILES = [report.CURVES_FILE, report.CONFUSION_FILE, report.WAVEFORMS_FILE,
-             report.SPECTROGRAMS_FILE, report.PREDICTION_FILE]
+PNG_FILES = [figures.CURVES_FILE, figures.CONFUSION_FILE, figures.WAVEFORMS_FILE,
+             figures.SPECTROGRAMS_FILE, figures.PREDICTION_FILE]
 
 
 def _clip(frequency: float, label: str) -> dict:
@@ -90,7 +90,7 @@ def test_page_embeds_the_same_images_it_writes(written):
     embedded = {base64.b64decode(data)
                 for data in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)}
     assert embedded == {(job_dir / name).read_bytes() for name in PNG_FILES}
-    assert "src='" + report.CURVES_FILE not in page  # nothing linked by relative name
+    assert "src='" + figures.CURVES_FILE not in page  # nothing linked by relative name
 
 
 def test_report_goes_through_gfile(run_inputs):
@@ -99,8 +99,8 @@ def test_report_goes_through_gfile(run_inputs):
     assert path == "ram://report_test/job/report.html"
     written = set(tf.io.gfile.listdir("ram://report_test/job"))
     # Without examples the waveform and spectrogram figures are left out, the rest is there.
-    assert written == {"report.html", report.CURVES_FILE, report.CONFUSION_FILE,
-                       report.PREDICTION_FILE}
+    assert written == {"report.html", figures.CURVES_FILE, figures.CONFUSION_FILE,
+                       figures.PREDICTION_FILE}
     with tf.io.gfile.GFile(path, "rb") as handle:
         assert handle.read().startswith(b"<!DOCTYPE html>")
 
@@ -108,23 +108,23 @@ def test_report_goes_through_gfile(run_inputs):
 def test_single_plots_handle_awkward_input(tmp_path):
     # '$' would start matplotlib mathtext; "$\frac{$" fails to parse unless escaped.
     labels = ["$\\frac{$", "a_b"]
-    report.plot_prediction([0.25, 0.75], labels, "clip $x$", str(tmp_path / "p.png"))
-    report.plot_confusion([[3, 0], [1, 2]], labels, str(tmp_path / "sub" / "c.png"))
-    report.plot_history({"loss": [1.0, 0.5]}, str(tmp_path / "h.png"))  # no val_, no accuracy
-    report.plot_history({}, str(tmp_path / "empty.png"))
+    figures.plot_prediction([0.25, 0.75], labels, "clip $x$", str(tmp_path / "p.png"))
+    figures.plot_confusion([[3, 0], [1, 2]], labels, str(tmp_path / "sub" / "c.png"))
+    figures.plot_history({"loss": [1.0, 0.5]}, str(tmp_path / "h.png"))  # no val_, no accuracy
+    figures.plot_history({}, str(tmp_path / "empty.png"))
     one = [_clip(300.0, labels[0])]
-    report.plot_waveforms(one, str(tmp_path / "w.png"))
-    report.plot_spectrograms(one, str(tmp_path / "s.png"))
+    figures.plot_waveforms(one, str(tmp_path / "w.png"))
+    figures.plot_spectrograms(one, str(tmp_path / "s.png"))
     for name in ("p.png", "sub/c.png", "h.png", "empty.png", "w.png", "s.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda path: report.plot_prediction([0.5, 0.5], LABELS, "t", path), "2 probabilities"),
-    (lambda path: report.plot_confusion([[1, 0], [0, 1]], LABELS, path), "shape"),
-    (lambda path: report.plot_spectrograms(
+    (lambda path: figures.plot_prediction([0.5, 0.5], LABELS, "t", path), "2 probabilities"),
+    (lambda path: figures.plot_confusion([[1, 0], [0, 1]], LABELS, path), "shape"),
+    (lambda path: figures.plot_spectrograms(
         [{"spectrogram": np.ones((129, 124)), "label": "x"}], path), "expected"),
-    (lambda path: report.plot_waveforms([], path), "no examples"),
+    (lambda path: figures.plot_waveforms([], path), "no examples"),
 ])
 def test_mismatched_input_is_refused(tmp_path, call, message):
     with pytest.raises(ValueError, match=message):

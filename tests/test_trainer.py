@@ -15,8 +15,10 @@ import pytest
 import tensorflow as tf
 
 from pipelines import audio, contract, preprocess
+from benchmarks import compare
 from tests import wavs
-from trainer import compare, data, evaluate, features, model, predict, recipes, task
+from trainer import data, evaluate, features, models, predict, task
+from trainer.models import Architecture, Recipe, tutorial
 
 LABELS = ["no", "up", "yes"]
 
@@ -47,7 +49,7 @@ def test_in_graph_stft_equals_the_pipelines_spectrogram():
 
 
 def test_tutorial_model_has_the_tutorials_parameter_count():
-    assert model.build_model("tutorial", 8).count_params() == 1_625_611
+    assert models.build_model("tutorial", 8).count_params() == 1_625_611
 
 
 def test_dataset_streams_batches_with_declared_cardinality(data_dir):
@@ -89,7 +91,7 @@ def test_training_run_leaves_every_artifact(job_dir, data_dir):
                  "waveforms.png", "spectrograms.png", "prediction.png", "report.html"]:
         assert (job_dir / name).exists(), name
     metrics = json.loads((job_dir / "metrics.json").read_text())
-    assert metrics["parameters"] == model.build_model("tutorial", 3).count_params()
+    assert metrics["parameters"] == models.build_model("tutorial", 3).count_params()
     assert 0 <= metrics["test_accuracy"] <= 1
     assert set(metrics["per_class"]) == set(LABELS)
     assert np.array(metrics["confusion_matrix"]).sum() == metrics["counts"]["test"]
@@ -168,7 +170,12 @@ def test_evaluate_matches_the_training_runs_test_metrics(job_dir, data_dir):
     assert metrics["confusion_matrix"] == trained["confusion_matrix"]
 
 
-class DivergingRecipe(recipes.Recipe):
+TUTORIAL_FIELDS = {field.name: getattr(tutorial.RECIPE, field.name)
+                   for field in dataclasses.fields(tutorial.RECIPE)}
+
+
+@dataclasses.dataclass(frozen=True)
+class DivergingRecipe(Recipe):
     """The tutorial recipe with a loss that diverges after a few steps."""
 
     def compile(self, net, train_size):
@@ -183,8 +190,8 @@ class DivergingRecipe(recipes.Recipe):
 
 
 def test_nan_loss_stops_with_a_clear_message(data_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(recipes.RECIPES, "diverging", DivergingRecipe())
-    monkeypatch.setitem(model.BUILDERS, "diverging", model.build_tutorial)
+    monkeypatch.setitem(models.REGISTRY, "diverging",
+                        Architecture(tutorial.build, DivergingRecipe(**TUTORIAL_FIELDS)))
     code = task.main(["--data-dir", str(data_dir), "--job-dir", str(tmp_path / "j"),
                       "--model", "diverging", "--epochs", "3", "--verbose", "0",
                       "--no-report"])
@@ -222,7 +229,7 @@ def test_killed_run_resumes_from_its_last_epoch(data_dir, tmp_path):
 
 
 @dataclasses.dataclass(frozen=True)
-class CrashingRecipe(recipes.Recipe):
+class CrashingRecipe(Recipe):
     """The tutorial recipe (no early stop) that dies as epoch `crash_epoch` (from 0)
     begins or, with `crash_at="end"`, ends."""
     crash_epoch: int = 2
@@ -246,8 +253,8 @@ class CrashingRecipe(recipes.Recipe):
 
 def test_backup_cut_short_by_a_kill_resumes_from_the_one_before(data_dir, tmp_path,
                                                                 monkeypatch, capsys):
-    monkeypatch.setitem(model.BUILDERS, "crashing", model.build_tutorial)
-    monkeypatch.setitem(recipes.RECIPES, "crashing", CrashingRecipe(patience=100))
+    monkeypatch.setitem(models.REGISTRY, "crashing", Architecture(
+        tutorial.build, CrashingRecipe(**{**TUTORIAL_FIELDS, "patience": 100})))
     command = ["--data-dir", str(data_dir), "--job-dir", str(tmp_path / "job"),
                "--model", "crashing", "--epochs", "4", "--verbose", "0", "--no-report"]
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -258,7 +265,8 @@ def test_backup_cut_short_by_a_kill_resumes_from_the_one_before(data_dir, tmp_pa
     newest = checkpoints / "epoch-0002.weights.h5"
     data = newest.read_bytes()
     newest.write_bytes(data[:2048] + bytes(len(data) - 2048))  # as if killed mid-write
-    monkeypatch.setitem(recipes.RECIPES, "crashing", recipes.Recipe(patience=100))
+    monkeypatch.setitem(models.REGISTRY, "crashing", Architecture(
+        tutorial.build, tutorial.RECIPE.with_overrides(patience=100)))
     metrics = task.run(command)
     assert metrics["settings"]["epochs_run"] == 4
     printed = capsys.readouterr()
@@ -269,9 +277,8 @@ def test_backup_cut_short_by_a_kill_resumes_from_the_one_before(data_dir, tmp_pa
 
 def test_an_epoch_killed_after_its_history_row_is_repeated_not_lost(data_dir, tmp_path,
                                                                     monkeypatch, capsys):
-    monkeypatch.setitem(model.BUILDERS, "crashing", model.build_tutorial)
-    monkeypatch.setitem(recipes.RECIPES, "crashing",
-                        CrashingRecipe(patience=100, crash_epoch=1, crash_at="end"))
+    monkeypatch.setitem(models.REGISTRY, "crashing", Architecture(tutorial.build, CrashingRecipe(
+        **{**TUTORIAL_FIELDS, "patience": 100}, crash_epoch=1, crash_at="end")))
     job = tmp_path / "job"
     command = ["--data-dir", str(data_dir), "--job-dir", str(job), "--model", "crashing",
                "--epochs", "3", "--verbose", "0", "--no-report"]
@@ -280,7 +287,8 @@ def test_an_epoch_killed_after_its_history_row_is_repeated_not_lost(data_dir, tm
     # The second epoch's row is written, its backup is not: the backup comes last.
     assert len(task.read_history(str(job))["loss"]) == 2
     assert [p.name for p in (job / "checkpoints").iterdir()] == ["epoch-0001.weights.h5"]
-    monkeypatch.setitem(recipes.RECIPES, "crashing", recipes.Recipe(patience=100))
+    monkeypatch.setitem(models.REGISTRY, "crashing", Architecture(
+        tutorial.build, tutorial.RECIPE.with_overrides(patience=100)))
     metrics = task.run(command)
     assert "Resuming from the backup" in capsys.readouterr().out
     assert metrics["settings"]["epochs_run"] == 3
@@ -306,14 +314,14 @@ def test_compare_trains_each_seed_and_reuses_finished_runs(data_dir, tmp_path, c
 
 
 def test_input_benchmark_times_every_epoch_of_both_inputs(data_dir):
-    from trainer import benchmark
+    from benchmarks import training as benchmark
     times = benchmark.epoch_times(str(data_dir), epochs=2, batch_size=4, seed=1, rounds=1)
     assert times["epochs"] == times["in_memory_epochs"] == 2
     assert times["streaming"] > 0 and times["in_memory"] > 0
 
 
 def test_latency_rounds_load_each_model_once_and_rotate_the_order(tmp_path, monkeypatch):
-    from trainer import benchmark
+    from benchmarks import training as benchmark
     clip = tmp_path / "clip.wav"
     clip.write_bytes(b"not read by the stand-in model")
     loads, calls = [], []
@@ -341,7 +349,7 @@ def test_latency_rounds_load_each_model_once_and_rotate_the_order(tmp_path, monk
 
 def test_benchmark_latency_alternates_rounds_and_reports_ratios(data_dir, job_dir, tmp_path,
                                                                capsys):
-    from trainer import benchmark
+    from benchmarks import training as benchmark
     copy = shutil.copytree(job_dir, tmp_path / "copy")
     results = benchmark.run(["--data-dir", str(data_dir), "--job-dir", str(job_dir),
                              "--job-dir", str(copy), "--epochs", "1",

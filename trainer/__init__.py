@@ -1,5 +1,6 @@
-"""Training, evaluation, export and prediction of keyword models."""
+"""Training, evaluation, export and prediction of keyword models.
 
-from pipelines.errors import import_tensorflow_quietly
-
-import_tensorflow_quietly()
+Importing the package imports no TensorFlow: its pure-numpy modules (`trainer.report.metrics`
+and the detection maths) load without it. The command-line modules import TensorFlow with
+its start-up chatter muted (`pipelines.errors.import_tensorflow_quietly`).
+"""

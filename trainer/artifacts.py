@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from pipelines import contract
 from pipelines.errors import UserError, first_line
-from trainer import export, model as _models  # noqa: F401  (registers custom layers)
+from trainer import export, models as _models  # noqa: F401  (registers custom layers)
 
 
 def read_model_labels(job_dir: str) -> list[str]:

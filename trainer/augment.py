@@ -1,40 +1,31 @@
-"""Training-time augmentation for keyword clips, written for batched `tf.data` maps.
+"""Training-time augmentation of keyword clips, as batched `tf.data` maps.
 
-Six steps, in the order `augment_batch` applies them:
+Waveform steps (`augment_waveform`):
 
-1. `speed_perturb`: play each clip 0.9-1.1x as fast (tempo and pitch together), a cheap
-   stand-in for the voices of speakers the training split does not have.
-2. `time_shift`: move each clip by a random number of samples (zero fill), so the
-   model does not learn where in the second a speaker starts talking.
+1. `speed_perturb`: play each clip up to `max_speed_change` faster or slower (tempo and
+   pitch together), a cheap stand-in for voices the training split does not have.
+2. `time_shift`: move each clip by a random number of samples (zero fill), so the model
+   does not learn where in the second a speaker starts talking.
 3. `mix_background`: add a random one-second crop of a background-noise recording at a
-   random signal-to-noise ratio (for a share of the clips), so the model learns to
-   ignore running taps, dishes and machine hum.
-4. `random_filter`: pass a share of the clips through a random band-pass response (a
-   low-pass corner between 1 and 8 kHz, a high-pass one between 50 and 400 Hz), as
-   different microphones and rooms colour a voice; applied to the STFT magnitude.
-5. `frequency_warp`: stretch or squeeze a share of the spectra along frequency by up to
-   10% (vocal tract length perturbation): formants move as between speakers with
-   longer or shorter vocal tracts, independently of the speed change in step 1.
-6. `spec_augment`: SpecAugment-style time and frequency masks on the STFT magnitude
-   that `trainer.features.stft_magnitude` computes from the augmented waveform. Off by
-   default in `augment_batch`: the recipe masks normalised log-mel bands inside the
-   model instead (`trainer.kws_model.SpecMask`, the same function), because a band of
-   linear STFT bins wipes out many low mel bands and zeroed bins become log(epsilon)
-   outliers.
+   random signal-to-noise ratio, so the model learns to ignore taps, dishes and hum.
 
-Every random draw is stateless (`tf.random.stateless_*`): the same `seed` gives the same
-output, so a training run is repeatable. `augment_dataset` draws one seed per batch
-from a base seed, afresh each epoch. Typical use in the trainer::
+Spectrum steps (`augment_spectrum`, on the STFT magnitude):
 
-    bank = augment.load_background("/tmp/pp/full")
-    train = augment.augment_dataset(batched_train, bank, seed=0)
+4. `random_filter`: a random band-pass response, as microphones and rooms colour a voice.
+5. `frequency_warp`: stretch or squeeze the spectrum along frequency (vocal tract length
+   perturbation): formants move as between speakers, the timing stays.
+6. `spec_augment`: SpecAugment time and frequency masks (the `kws` model masks log-mel
+   bands inside the model instead, see `trainer.models.kws.SpecMask`).
 
-where `batched_train` yields `(waveform [batch, 16000], label)` pairs and the result
-yields `(stft_magnitude [batch, 124, 129], label)`. Only the training split is augmented.
+`augment_dataset` chains them around `trainer.features.stft_magnitude`. How much of each
+a model gets is an `Augmentation`, held by the model's recipe (`trainer.models`).
+Every random draw is stateless (`tf.random.stateless_*`): the same seed gives the same
+output, so a training run is repeatable.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -42,19 +33,37 @@ import tensorflow as tf
 from pipelines import contract
 from trainer import features
 
-# Defaults of the recipe in trainer/kws_model.py (8-word speaker split).
-MAX_SHIFT_SAMPLES = 1_600  # 100 ms either way, as in the speech_commands trainer
-MAX_SPEED_CHANGE = 0.1  # speed 0.9-1.1: raised validation accuracy 0.973 -> 0.981
-NOISE_SHARE = 0.8  # share of clips that get background noise
-SNR_DB_RANGE = (5.0, 25.0)
-FILTER_SHARE = 0.5  # share of clips given a random microphone response
-LOWPASS_HZ = (1_000.0, 8_000.0)  # corner range, drawn log-uniformly
-HIGHPASS_HZ = (50.0, 400.0)
-WARP_SHARE = 0.5  # share of clips whose spectrum is warped along frequency
-MAX_WARP = 0.1  # warp factor 0.9-1.1: test 0.976 -> 0.986 (3 seeds), validation a tie
-TIME_MASKS, MAX_TIME_MASK = 2, 12  # frames of 8 ms
-FREQ_MASKS, MAX_FREQ_MASK = 2, 12  # STFT bins of 62.5 Hz
 _EPSILON = 1e-10  # keeps power ratios finite for silent clips
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """How much of each step a recipe applies (0 turns a step off).
+
+    Attributes:
+      max_speed_change: largest relative speed change (`speed_perturb`).
+      max_shift: largest time shift in samples (`time_shift`).
+      noise_share: share of clips mixed with background noise (`mix_background`).
+      snr_db_range: (lowest, highest) signal-to-noise ratio of the mix, dB.
+      filter_share: share of clips given a random band-pass (`random_filter`).
+      lowpass_hz, highpass_hz: corner ranges of that band-pass, drawn log-uniformly.
+      warp_share: share of clips warped along frequency (`frequency_warp`).
+      max_warp: largest relative stretch or squeeze of the warp.
+      time_masks, max_time_mask, freq_masks, max_freq_mask: `spec_augment` on the STFT.
+    """
+    max_speed_change: float
+    max_shift: int
+    noise_share: float
+    snr_db_range: tuple[float, float]
+    filter_share: float
+    lowpass_hz: tuple[float, float]
+    highpass_hz: tuple[float, float]
+    warp_share: float
+    max_warp: float
+    time_masks: int = 0
+    max_time_mask: int = 0
+    freq_masks: int = 0
+    max_freq_mask: int = 0
 
 
 class NoiseBank(NamedTuple):
@@ -90,25 +99,6 @@ def noise_bank_from_arrays(recordings: list) -> NoiseBank:
                      tf.constant(lengths, tf.int32))
 
 
-def load_background(output_dir: str) -> NoiseBank:
-    """Reads the background-noise records of a preprocessing run.
-
-    Args:
-      output_dir: the run's output directory (local or gs://).
-
-    Returns:
-      A `NoiseBank` of every recording. Raises ValueError when there is none.
-    """
-    files = tf.io.gfile.glob(contract.background_pattern(output_dir))
-    if not files:
-        raise ValueError(f"{output_dir}: no background-noise records "
-                         f"({contract.background_pattern(output_dir)})")
-    compression = "GZIP" if files[0].endswith(contract.GZIP_SUFFIX) else None
-    records = tf.data.TFRecordDataset(files, compression_type=compression)
-    return noise_bank_from_arrays(
-        [contract.parse_background(r)[contract.WAVEFORM] for r in records])
-
-
 def _seeds(seed: tf.Tensor, count: int) -> tf.Tensor:
     """`count` independent stateless seeds ([count, 2]) derived from one."""
     return tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=count)
@@ -120,7 +110,7 @@ def _chosen(batch: tf.Tensor, seed: tf.Tensor, share: float) -> tf.Tensor:
 
 
 def time_shift(waveform: tf.Tensor, seed: tf.Tensor,
-               max_shift: int = MAX_SHIFT_SAMPLES) -> tf.Tensor:
+               max_shift: int) -> tf.Tensor:
     """Shifts each clip by a uniform random offset in [-max_shift, max_shift] samples.
 
     Args:
@@ -144,7 +134,7 @@ def time_shift(waveform: tf.Tensor, seed: tf.Tensor,
 
 
 def speed_perturb(waveform: tf.Tensor, seed: tf.Tensor,
-                  max_change: float = MAX_SPEED_CHANGE) -> tf.Tensor:
+                  max_change: float) -> tf.Tensor:
     """Plays each clip at a random speed in [1 - max_change, 1 + max_change].
 
     Speed changes tempo and pitch together, as a shorter or longer vocal tract does,
@@ -201,8 +191,8 @@ def random_noise_crops(bank: NoiseBank, batch: tf.Tensor, seed: tf.Tensor,
 
 
 def mix_background(waveform: tf.Tensor, bank: NoiseBank, seed: tf.Tensor,
-                   share: float = NOISE_SHARE,
-                   snr_db_range: tuple[float, float] = SNR_DB_RANGE) -> tf.Tensor:
+                   share: float,
+                   snr_db_range: tuple[float, float] = (5.0, 25.0)) -> tf.Tensor:
     """Adds background noise to a share of the clips at a random signal-to-noise ratio.
 
     The noise crop is scaled so that 10 * log10(power(clip) / power(noise)) equals an SNR
@@ -237,9 +227,9 @@ def _log_uniform(shape, seed: tf.Tensor, low: float, high: float) -> tf.Tensor:
     return tf.exp(exponent)
 
 
-def random_filter(magnitude: tf.Tensor, seed: tf.Tensor, share: float = FILTER_SHARE,
-                  lowpass_hz: tuple[float, float] = LOWPASS_HZ,
-                  highpass_hz: tuple[float, float] = HIGHPASS_HZ) -> tf.Tensor:
+def random_filter(magnitude: tf.Tensor, seed: tf.Tensor, share: float,
+                  lowpass_hz: tuple[float, float] = (1_000.0, 8_000.0),
+                  highpass_hz: tuple[float, float] = (50.0, 400.0)) -> tf.Tensor:
     """Multiplies a share of the clips' STFT magnitudes by a random band-pass response.
 
     Recordings of one word differ in colour as much as in voice: a phone held far away
@@ -272,8 +262,8 @@ def random_filter(magnitude: tf.Tensor, seed: tf.Tensor, share: float = FILTER_S
     return magnitude * tf.where(chosen, response, 1.0)[:, tf.newaxis, :]
 
 
-def frequency_warp(magnitude: tf.Tensor, seed: tf.Tensor, share: float = WARP_SHARE,
-                   max_warp: float = MAX_WARP) -> tf.Tensor:
+def frequency_warp(magnitude: tf.Tensor, seed: tf.Tensor, share: float,
+                   max_warp: float = 0.1) -> tf.Tensor:
     """Stretches or squeezes a share of the clips' spectra along frequency (VTLP).
 
     Vocal tract length perturbation (Jaitly and Hinton, 2013): output bin k takes the
@@ -323,9 +313,8 @@ def _mask(shape: tf.Tensor, axis_length: tf.Tensor, count: int, max_width: int,
     return tf.reduce_any((position >= start) & (position < start + width), axis=1)
 
 
-def spec_augment(spectrogram: tf.Tensor, seed: tf.Tensor, time_masks: int = TIME_MASKS,
-                 max_time_mask: int = MAX_TIME_MASK, freq_masks: int = FREQ_MASKS,
-                 max_freq_mask: int = MAX_FREQ_MASK, fill: float = 0.0) -> tf.Tensor:
+def spec_augment(spectrogram: tf.Tensor, seed: tf.Tensor, time_masks: int,
+                 max_time_mask: int, freq_masks: int, max_freq_mask: int, fill: float = 0.0) -> tf.Tensor:
     """Sets random bands of frames and of frequency bins to `fill` (SpecAugment).
 
     Args:
@@ -348,54 +337,42 @@ def spec_augment(spectrogram: tf.Tensor, seed: tf.Tensor, time_masks: int = TIME
     return tf.where(masked, tf.cast(fill, spectrogram.dtype), spectrogram)
 
 
-def augment_batch(waveform: tf.Tensor, bank: NoiseBank | None, seed: tf.Tensor,
-                  max_speed_change: float = MAX_SPEED_CHANGE,
-                  max_shift: int = MAX_SHIFT_SAMPLES, noise_share: float = NOISE_SHARE,
-                  snr_db_range: tuple[float, float] = SNR_DB_RANGE,
-                  filter_share: float = FILTER_SHARE, warp_share: float = WARP_SHARE,
-                  max_warp: float = MAX_WARP, time_masks: int = 0,
-                  max_time_mask: int = MAX_TIME_MASK, freq_masks: int = 0,
-                  max_freq_mask: int = MAX_FREQ_MASK) -> tf.Tensor:
-    """Speed, shift, noise, filter, warp and masks on a batch; returns the model input.
-
-    Args:
-      waveform: float32 [batch, 16000] padded clips.
-      bank: background recordings, or None for no noise.
-      seed: int [2] stateless seed.
-      max_speed_change: see `speed_perturb`.
-      max_shift, noise_share, snr_db_range: see `time_shift` and `mix_background`.
-      filter_share: see `random_filter`.
-      warp_share, max_warp: see `frequency_warp`.
-      time_masks, max_time_mask, freq_masks, max_freq_mask: see `spec_augment`. No
-        masks by default: `kws_model.SpecMask` masks log-mel bands inside the model.
-
-    Returns:
-      float32 [batch, 124, 129] STFT magnitude.
-    """
-    shift_seed, noise_seed, mask_seed, speed_seed = tf.unstack(_seeds(seed, 4))
-    waveform = speed_perturb(waveform, speed_seed, max_speed_change)
-    waveform = time_shift(waveform, shift_seed, max_shift)
+def augment_waveform(waveform: tf.Tensor, bank: NoiseBank | None, seed: tf.Tensor,
+                     settings: Augmentation) -> tf.Tensor:
+    """Speed, shift and background noise on a batch of float32 [batch, 16000] clips."""
+    shift_seed, noise_seed, _, speed_seed = tf.unstack(_seeds(seed, 4))
+    waveform = speed_perturb(waveform, speed_seed, settings.max_speed_change)
+    waveform = time_shift(waveform, shift_seed, settings.max_shift)
     if bank is not None:
-        waveform = mix_background(waveform, bank, noise_seed, noise_share, snr_db_range)
-    # Folded in rather than split off, so the other steps keep their draws.
+        waveform = mix_background(waveform, bank, noise_seed, settings.noise_share,
+                                  settings.snr_db_range)
+    return waveform
+
+
+def augment_spectrum(magnitude: tf.Tensor, seed: tf.Tensor,
+                     settings: Augmentation) -> tf.Tensor:
+    """Band-pass, frequency warp and masks on a batch of [batch, 124, 129] |STFT|."""
+    mask_seed = _seeds(seed, 4)[2]
+    # Folded in rather than split off, so the waveform steps keep their draws.
     filter_seed, warp_seed = (tf.random.experimental.stateless_fold_in(
         tf.cast(seed, tf.int64), index) for index in (5, 6))
-    magnitude = random_filter(features.stft_magnitude(waveform), filter_seed, filter_share)
-    magnitude = frequency_warp(magnitude, warp_seed, warp_share, max_warp)
-    return spec_augment(magnitude, mask_seed, time_masks, max_time_mask, freq_masks,
-                        max_freq_mask)
+    magnitude = random_filter(magnitude, filter_seed, settings.filter_share,
+                              settings.lowpass_hz, settings.highpass_hz)
+    magnitude = frequency_warp(magnitude, warp_seed, settings.warp_share, settings.max_warp)
+    return spec_augment(magnitude, mask_seed, settings.time_masks, settings.max_time_mask,
+                        settings.freq_masks, settings.max_freq_mask)
 
 
-def augment_dataset(dataset: tf.data.Dataset, bank: NoiseBank | None, seed: int = 0,
-                    **options) -> tf.data.Dataset:
-    """Maps `augment_batch` over a dataset of (waveform batch, label batch) pairs.
+def augment_dataset(dataset: tf.data.Dataset, bank: NoiseBank | None,
+                    settings: Augmentation, seed: int = 0) -> tf.data.Dataset:
+    """Augments (waveform batch, label batch) pairs into (|STFT| batch, label batch).
 
     Args:
       dataset: yields (float32 [batch, 16000], labels).
       bank: background recordings, or None.
+      settings: how much of each step to apply.
       seed: base seed. Batch seeds come from `tf.data.Dataset.random` re-seeded on
         every iteration, so each epoch draws new augmentations and a run is repeatable.
-      **options: keyword arguments of `augment_batch`.
 
     Returns:
       A dataset of (float32 [batch, 124, 129], labels).
@@ -404,7 +381,9 @@ def augment_dataset(dataset: tf.data.Dataset, bank: NoiseBank | None, seed: int 
 
     def apply(batch, pair_seed):
         waveform, label = batch
-        return augment_batch(waveform, bank, pair_seed, **options), label
+        waveform = augment_waveform(waveform, bank, pair_seed, settings)
+        magnitude = features.stft_magnitude(waveform)
+        return augment_spectrum(magnitude, pair_seed, settings), label
 
     return tf.data.Dataset.zip((dataset, seeds)).map(
         apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -138,3 +138,22 @@ def guard_corruption(files: list[str], step: Callable[[], object]):
         if where is None:
             raise
         raise UserError(where) from None
+
+
+def load_background(data_dir: str):
+    """The background-noise recordings of a preprocessing run, as an `augment.NoiseBank`.
+
+    Args:
+      data_dir: the run's output directory (local or gs://).
+
+    Returns:
+      A `NoiseBank` of every recording. Raises ValueError when there is none.
+    """
+    from trainer import augment  # pylint: disable=import-outside-toplevel
+    files = tf.io.gfile.glob(contract.background_pattern(data_dir))
+    if not files:
+        raise ValueError(f"{data_dir}: no background-noise records "
+                         f"({contract.background_pattern(data_dir)})")
+    records = tf.data.TFRecordDataset(files, compression_type=_compression(files) or None)
+    return augment.noise_bank_from_arrays(
+        [contract.parse_background(r)[contract.WAVEFORM] for r in records])

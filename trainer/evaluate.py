@@ -8,15 +8,55 @@ Prints accuracy, loss and per-class precision/recall/F1, and writes JOB/eval_SPL
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from pipelines.errors import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()
 
 from pipelines import contract  # noqa: E402
 from pipelines.errors import UserError, run_cli  # noqa: E402
-from trainer import artifacts, data, evaluation  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from trainer import artifacts, data  # noqa: E402
+from trainer.report import metrics as classification, writer  # noqa: E402
+
+
+def evaluate_split(net: keras.Model, dataset: tf.data.Dataset, files: list[str],
+                   labels: list[str], split: str = contract.TEST) -> dict:
+    """Accuracy, loss (cross-entropy on logits), per-class scores and confusion matrix.
+
+    Streams `dataset` once; only labels and predictions are kept.
+    """
+    predict = tf.function(lambda x: net(x, training=False), reduce_retracing=True)
+    y_true, y_pred, losses = [], [], []
+
+    def loop():
+        for spectrogram, label in dataset:
+            logits = predict(spectrogram)
+            losses.append(keras.losses.sparse_categorical_crossentropy(
+                label, logits, from_logits=True).numpy())
+            y_true.append(label.numpy())
+            y_pred.append(tf.argmax(logits, axis=-1).numpy())
+
+    data.guard_corruption(files, loop)
+    if not y_true:
+        raise UserError(f"{files[0]}: the {split} split is empty")
+    y_true, y_pred = np.concatenate(y_true), np.concatenate(y_pred)
+    scores = classification.classification_metrics(y_true, y_pred, labels)
+    return {
+        f"{split}_accuracy": float(scores["accuracy"]),
+        f"{split}_loss": float(np.concatenate(losses).mean()),
+        f"{split}_examples": int(y_true.shape[0]),
+        "split": split,
+        "labels": labels,
+        "per_class": scores["per_class"],
+        "macro_f1": scores["macro_f1"],
+        "confusion_matrix": scores["confusion_matrix"],
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,10 +83,10 @@ def run(argv: Optional[list[str]] = None) -> dict:
     files = data.shard_files(args.data_dir, args.split)
     net = artifacts.load_keras_model(job_dir)
     dataset = data.make_dataset(files, args.batch_size, False)
-    metrics = evaluation.evaluate_split(net, dataset, files, data_labels, args.split)
+    metrics = evaluate_split(net, dataset, files, data_labels, args.split)
     metrics["data_dir"] = args.data_dir
-    evaluation.write_json(f"{job_dir}/eval_{args.split}.json", metrics)
-    print(evaluation.format_metrics(metrics))
+    writer.write_json(f"{job_dir}/eval_{args.split}.json", metrics)
+    print(classification.format_metrics(metrics))
     print(f"\nwrote {job_dir}/eval_{args.split}.json")
     return metrics
 

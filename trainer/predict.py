@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Optional
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from pipelines.errors import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -91,9 +92,9 @@ def run(argv: Optional[list[str]] = None) -> list[dict]:
         else:
             print(f"{path}\t" + "\t".join(f"{label} {p:.3f}" for label, p in best), flush=True)
     if args.plot and results:
-        from trainer import report  # pylint: disable=import-outside-toplevel
+        from trainer.report import figures  # pylint: disable=import-outside-toplevel
         first = results[0]
-        report.plot_prediction([first["probabilities"][label] for label in predictor.labels],
+        figures.plot_prediction([first["probabilities"][label] for label in predictor.labels],
                                predictor.labels, first["path"], args.plot)
     if failed:
         raise PartialFailure(f"{len(failed)} of {len(args.files)} files could not be "

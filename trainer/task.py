@@ -19,19 +19,21 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import math
 import os
 import sys
 from typing import Optional
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from pipelines.errors import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from pipelines import contract  # noqa: E402
 from pipelines.errors import PartialFailure, UserError, run_cli  # noqa: E402
-from trainer import backup, data, evaluation, export, model as models, recipes  # noqa: E402
+from trainer import backup, data, evaluate, export, models, training  # noqa: E402
+from trainer.report import metrics as classification, writer  # noqa: E402
 
 HISTORY_CSV = "history.csv"
 
@@ -42,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", required=True, help="a preprocessing run (local or gs://)")
     parser.add_argument("--job-dir", default=os.environ.get("AIP_MODEL_DIR"),
                         help="where the model, metrics and report go (default: $AIP_MODEL_DIR)")
-    parser.add_argument("--model", default=recipes.DEFAULT_MODEL, choices=recipes.names(),
-                        help=f"architecture and its recipe (default {recipes.DEFAULT_MODEL})")
+    parser.add_argument("--model", default=models.DEFAULT_MODEL, choices=models.names(),
+                        help=f"architecture and its recipe (default {models.DEFAULT_MODEL})")
     parser.add_argument("--epochs", type=int, default=None,
                         help="training epochs (default: the model's recipe)")
     parser.add_argument("--batch-size", type=int, default=None,
@@ -80,24 +82,6 @@ def read_history(job_dir: str) -> dict[str, list[float]]:
     return {key: [float(row[key]) for row in rows] for key in keys}
 
 
-class StopOnNaN(keras.callbacks.Callback):
-    """Stops training when the loss is NaN or infinite and remembers the epoch."""
-
-    def __init__(self):
-        super().__init__()
-        self.bad_epoch: Optional[int] = None
-
-    def on_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.bad_epoch = self.bad_epoch if self.bad_epoch is not None else -1
-            self.model.stop_training = True
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.bad_epoch == -1:
-            self.bad_epoch = epoch + 1
-
-
 def train_and_evaluate(args: argparse.Namespace) -> dict:
     """Fits the model, evaluates it on the test split and writes every artifact."""
     if not args.job_dir:
@@ -105,7 +89,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
     job_dir = args.job_dir.rstrip("/")
     labels = data.read_labels(args.data_dir)
     metadata = data.read_metadata(args.data_dir)
-    recipe = recipes.get(args.model).with_overrides(
+    recipe = models.get_recipe(args.model).with_overrides(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
     files = {split: data.shard_files(args.data_dir, split) for split in contract.SPLITS}
     sizes = {split: data.split_size(metadata, split) for split in contract.SPLITS}
@@ -138,7 +122,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
     if start is not None:
         print(f"Resuming from the backup in {checkpoint_dir}: epoch {start + 1}")
 
-    stop_on_nan = StopOnNaN()
+    stop_on_nan = training.StopOnNaN()
     callbacks = [
         keras.callbacks.CSVLogger(f"{job_dir}/{HISTORY_CSV}", append=True),
         keras.callbacks.TensorBoard(log_dir=log_dir),
@@ -169,17 +153,17 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
                 "shuffle_buffer": args.shuffle_buffer, **recipe.settings(),
                 "epochs_run": len(next(iter(history.values()), [])),
                 "split": metadata.get("split")}
-    metrics = evaluation.evaluate_split(net, test_ds, files[contract.TEST], labels)
+    metrics = evaluate.evaluate_split(net, test_ds, files[contract.TEST], labels)
     metrics.update({
         "model": args.model, "parameters": int(net.count_params()),
         "counts": {split: sizes[split] for split in contract.SPLITS},
         "settings": settings, "export_dir": export_dir,
     })
-    evaluation.write_json(f"{job_dir}/metrics.json", metrics)
-    evaluation.write_json(f"{job_dir}/history.json", history)
-    print(evaluation.format_metrics(metrics))
+    writer.write_json(f"{job_dir}/metrics.json", metrics)
+    writer.write_json(f"{job_dir}/history.json", history)
+    print(classification.format_metrics(metrics))
     if not args.no_report:
-        report = evaluation.write_run_report(job_dir, export_dir, files[contract.TEST],
+        report = writer.write_run_report(job_dir, export_dir, files[contract.TEST],
                                              metrics, history, labels,
                                              bool(metadata.get("waveforms")))
         print(f"\nreport: {report}")

@@ -4,7 +4,7 @@ Each contender runs as its own process, timed wall-clock from start to exit (its
 included), best of --repeat runs, the runs interleaved so that load from elsewhere on the
 machine falls on all of them alike:
 
-  baseline     `python -m pipelines.benchmark --baseline`: list the files, decode each
+  baseline     `python -m benchmarks.preprocess --baseline`: list the files, decode each
                with `audio.featurize`, split with `dataset.split_for_speaker`, serialize
                with `contract.serialize_example` (waveform included) and write one
                TFRecord file per split with `tf.io.TFRecordWriter`;
@@ -15,9 +15,9 @@ It then checks that the baseline and each pipeline wrote the same number of reco
 split and prints seconds, clips per second and the ratio to the baseline, against the
 target of a pipeline within 1.5x of the baseline::
 
-    python -m pipelines.benchmark --data-dir /tmp/data/speech_commands_subset
-    python -m pipelines.benchmark --data-dir data/sample --work-dir /tmp/bench --repeat 1
-    python -m pipelines.benchmark --baseline --data-dir data/sample --output-dir /tmp/baseline
+    python -m benchmarks.preprocess --data-dir /tmp/data/speech_commands_subset
+    python -m benchmarks.preprocess --data-dir data/sample --work-dir /tmp/bench --repeat 1
+    python -m benchmarks.preprocess --baseline --data-dir data/sample --output-dir /tmp/baseline
 
 The work folder is local (the outputs are counted by reading them); without --work-dir a
 temporary one is used and removed, with it the last run of each contender is kept there.
@@ -57,7 +57,7 @@ class Timing(NamedTuple):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.benchmark",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.preprocess",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True, help="folder of <label>/*.wav")
     parser.add_argument("--work-dir", default=None,
@@ -190,7 +190,7 @@ def commands(data_dir: str, work_dir: Path) -> dict[str, tuple[list[str], Path]]
     for name in (BASELINE, PIPELINE, PIPELINE_MP):
         out = work_dir / name
         if name == BASELINE:
-            command = python + ["pipelines.benchmark", "--baseline"]
+            command = python + ["benchmarks.preprocess", "--baseline"]
         else:
             command = python + ["pipelines.preprocess"]
         command += ["--data-dir", data_dir, "--output-dir", str(out)]

@@ -4,7 +4,7 @@ Pure numpy, no TensorFlow, so the trainer, the report and any offline evaluation
 predictions compute exactly the same numbers. The result is plain Python (ints, floats,
 lists, dicts), ready for `json.dumps` into the job's metrics file::
 
-    from trainer import metrics
+    from trainer.report import metrics
     result = metrics.classification_metrics(y_true, y_pred, labels)
     result["per_class"]["yes"]["f1"], result["confusion_matrix"][true_index][predicted_index]
 
@@ -129,3 +129,17 @@ def classification_metrics(y_true: Any, y_pred: Any, labels: Sequence[str]) -> d
         },
         "confusion_matrix": matrix.astype(int).tolist(),
     }
+
+
+def format_metrics(metrics: dict) -> str:
+    """A console table: the headline figures and per-class precision/recall/F1."""
+    split = metrics.get("split", "test")
+    lines = [f"{split} accuracy {metrics[f'{split}_accuracy']:.4f}  "
+             f"loss {metrics[f'{split}_loss']:.4f}  "
+             f"({metrics[f'{split}_examples']} examples)"]
+    width = max(len(label) for label in metrics["per_class"]) + 2
+    lines.append(f"{'label':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}")
+    for label, scores in metrics["per_class"].items():
+        lines.append(f"{label:<{width}}{scores['precision']:>10.3f}{scores['recall']:>10.3f}"
+                     f"{scores['f1']:>10.3f}{scores['support']:>9d}")
+    return "\n".join(lines)

@@ -6,7 +6,7 @@ training loop, applied to exactly the WAV files that the preprocessing run put i
 train, val and test (linked into a temporary folder per split). If `trainer.task
 --model tutorial` and this score alike, the project reproduces the tutorial.
 
-    python -m trainer.reference --data-dir runs/subset/data --seed 42
+    python -m benchmarks.reference --data-dir runs/subset/data --seed 42
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def tutorial_accuracy(data_dir: str, seed: int, epochs: int = 10) -> float:
 
 
 def run(argv: Optional[list[str]] = None) -> float:
-    parser = argparse.ArgumentParser(prog="python -m trainer.reference",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.reference",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--seed", type=int, default=42)

@@ -1,6 +1,6 @@
 """Accuracy table: trains each model with several seeds and measures what a user sees.
 
-    python -m trainer.compare --data-dir runs/subset/data --work-dir runs/compare \\
+    python -m benchmarks.compare --data-dir runs/subset/data --work-dir runs/compare \\
         --models tutorial --seeds 42 1 2 --reference
 
 For every model and seed it runs the real training command (`python -m trainer.task`,
@@ -8,7 +8,7 @@ as a separate process, timed whole), reads the test accuracy from its metrics.js
 then measures single-clip prediction latency (WAV file to label, warm model) of each
 model's first-seed export, in rounds with a rotating order so every model sees the same
 machine load. `--reference` adds the tutorial notebook's own code on the same split
-(`trainer.reference`). Prints one row per model: parameters, test accuracy per seed,
+(`benchmarks.reference`). Prints one row per model: parameters, test accuracy per seed,
 mean and spread, training time, latency (and its ratio to the tutorial model's when
 that is in the table); writes WORK/results.json. `--reuse` keeps finished runs of an
 earlier call (their recorded training time included) instead of training them again.
@@ -28,7 +28,9 @@ from typing import Optional
 import tensorflow as tf
 
 from pipelines.errors import UserError, run_cli
-from trainer import benchmark, model as models, recipes, reference
+from benchmarks import reference, training as benchmark
+from trainer import models
+from trainer.models import tutorial
 
 
 RUN_FILE = "compare_run.json"
@@ -68,7 +70,7 @@ def summarize(name: str, runs: list[dict]) -> dict:
 
 def format_table(rows: list[dict]) -> str:
     base = next((row.get("latency", {}).get("p50_ms") for row in rows
-                 if row["model"] == models.TUTORIAL), None)
+                 if row["model"] == tutorial.NAME), None)
     lines = [f"{'model':<22}{'params':>10}  {'test accuracy per seed':<26}{'mean':>7}"
              f"{'spread':>8}{'train':>9}{'p50 ms':>8}{'p95 ms':>8}"
              + (f"{'p50 / tutorial':>16}" if base else "")]
@@ -86,12 +88,12 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run(argv: Optional[list[str]] = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m trainer.compare",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--work-dir", required=True)
-    parser.add_argument("--models", nargs="+", default=[recipes.DEFAULT_MODEL],
-                        choices=recipes.names())
+    parser.add_argument("--models", nargs="+", default=[models.DEFAULT_MODEL],
+                        choices=models.names())
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 1, 2])
     parser.add_argument("--reference", action="store_true",
                         help="also run the tutorial notebook's own code on the same split")

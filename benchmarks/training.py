@@ -1,6 +1,6 @@
 """Training-input and prediction-latency benchmark.
 
-    python -m trainer.benchmark --data-dir runs/subset/data --job-dir runs/subset/job [--epochs 3]
+    python -m benchmarks.training --data-dir runs/subset/data --job-dir runs/subset/job [--epochs 3]
 
 1. Epoch time of the tutorial model fed by streaming TFRecords (`trainer.data`, as
    `trainer.task` feeds it) against the same model fed from an in-memory cached dataset
@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import statistics
 import sys
 import time
 from typing import Optional
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from pipelines.errors import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -32,7 +33,8 @@ import tensorflow as tf  # noqa: E402
 
 from pipelines import contract  # noqa: E402
 from pipelines.errors import run_cli  # noqa: E402
-from trainer import data, model as models, predict, recipes  # noqa: E402
+from trainer import data, models, predict  # noqa: E402
+from trainer.models import tutorial  # noqa: E402
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -72,7 +74,7 @@ def epoch_times(data_dir: str, epochs: int, batch_size: int, seed: int,
     files = data.shard_files(data_dir, contract.TRAIN)
     size = data.split_size(metadata, contract.TRAIN)
     # The epoch length trainer.task gives the tutorial model's endless stream.
-    steps = recipes.get(models.TUTORIAL).with_overrides(
+    steps = models.get_recipe(tutorial.NAME).with_overrides(
         batch_size=batch_size).steps_per_epoch(size)
     streaming = data.make_dataset(files, batch_size, True, seed=seed, repeat=True)
     # The tutorial's way: everything parsed once, then held in memory.
@@ -83,7 +85,7 @@ def epoch_times(data_dir: str, epochs: int, batch_size: int, seed: int,
     nets = {}
     for name in ("streaming", "in_memory"):
         keras.utils.set_random_seed(seed)
-        nets[name] = models.build_model(models.TUTORIAL, len(labels))
+        nets[name] = models.build_model(tutorial.NAME, len(labels))
         nets[name].compile(optimizer="adam", metrics=["accuracy"],
                            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     datasets = {"streaming": streaming, "in_memory": in_memory}
@@ -145,7 +147,7 @@ def test_clip_paths(data_dir: str, limit: int) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trainer.benchmark",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.training",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--job-dir", action="append", default=[],

@@ -1,0 +1,135 @@
+"""`Recipe`: how an architecture is trained, the one type every model's module fills in.
+
+A recipe owns the optimiser, schedule, loss, regularisation, augmentation and epochs of
+one architecture, so `trainer.task` is the same for every model. The tutorial's recipe
+(Adam, cross-entropy on logits, 10 epochs, early stopping with patience 2) and the `kws`
+recipe (AdamW with warm-up and cosine decay, label smoothing, a moving average of the
+weights, augmented audio) are two values of it; the hooks below are methods so a test
+or a new architecture can change one step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from typing import Callable, Optional
+
+import keras
+import tensorflow as tf
+
+from trainer import augment, data, training
+
+OPTIMIZERS = ("adam", "adamw")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Training settings of one architecture.
+
+    Attributes:
+      epochs: passes over the training split.
+      batch_size: clips per optimiser step.
+      learning_rate: the (peak) learning rate.
+      optimizer: "adam" (constant rate) or "adamw" (warm-up, then cosine decay to 0).
+      warmup_epochs: epochs of linear warm-up ("adamw").
+      weight_decay: decoupled weight decay ("adamw").
+      label_smoothing: of the cross-entropy targets.
+      ema_decay: per-step decay of an exponential moving average of the weights that
+        is validated and kept at the end (0: none).
+      patience: early stopping on validation loss after this many epochs without
+        improvement (0: train every epoch).
+      whole_batches: an epoch is the number of whole batches in the split (else
+        rounded up).
+      augmentation: audio and spectrum augmentation of the training clips (needs a
+        run with stored waveforms); None trains on the stored spectrograms.
+      serving: turns the trained model into the exported one (None: itself).
+    """
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    optimizer: str = "adam"
+    warmup_epochs: int = 0
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    ema_decay: float = 0.0
+    patience: int = 0
+    whole_batches: bool = False
+    augmentation: Optional[augment.Augmentation] = None
+    serving: Optional[Callable[[keras.Model], keras.Model]] = None
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}")
+
+    @property
+    def needs_waveforms(self) -> bool:
+        return self.augmentation is not None
+
+    def with_overrides(self, **overrides) -> "Recipe":
+        """A copy with each field given a non-None value replaced."""
+        return dataclasses.replace(
+            self, **{key: value for key, value in overrides.items() if value is not None})
+
+    def steps_per_epoch(self, num_examples: int) -> int:
+        """Optimiser steps per epoch (the training dataset repeats endlessly)."""
+        batches = (num_examples // self.batch_size if self.whole_batches
+                   else math.ceil(num_examples / self.batch_size))
+        return max(1, batches)
+
+    def train_dataset(self, files: list[str], args: argparse.Namespace) -> tf.data.Dataset:
+        """Endless shuffled (spectrogram, label) batches; `steps_per_epoch` make an epoch."""
+        if self.augmentation is None:
+            return data.make_dataset(files, self.batch_size, True, seed=args.seed,
+                                     shuffle_buffer=args.shuffle_buffer, repeat=True)
+        waveforms = data.make_dataset(files, self.batch_size, True, seed=args.seed,
+                                      waveform=True, shuffle_buffer=args.shuffle_buffer,
+                                      repeat=True)
+        augmented = augment.augment_dataset(waveforms, background_bank(args.data_dir),
+                                            self.augmentation, seed=args.seed)
+        return augmented.prefetch(tf.data.AUTOTUNE)
+
+    def compile(self, net: keras.Model, train_size: int) -> None:
+        if self.optimizer == "adamw":
+            steps = self.steps_per_epoch(train_size)
+            schedule = training.warmup_cosine(self.learning_rate, self.warmup_epochs * steps,
+                                              self.epochs * steps)
+            optimizer = keras.optimizers.AdamW(schedule, weight_decay=self.weight_decay)
+        else:
+            optimizer = keras.optimizers.Adam(self.learning_rate)
+        if self.label_smoothing:
+            loss = training.SmoothedSparseCrossEntropy(self.label_smoothing)
+        else:
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        net.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+
+    def callbacks(self) -> list[keras.callbacks.Callback]:
+        callbacks = []
+        if self.patience:
+            callbacks.append(keras.callbacks.EarlyStopping(verbose=1, patience=self.patience))
+        if self.ema_decay:
+            callbacks.append(training.WeightAverage(self.ema_decay))
+        return callbacks
+
+    def finalize(self, net: keras.Model) -> None:
+        """Called after fit (the weight average is already swapped in by its callback)."""
+
+    def serving_model(self, net: keras.Model) -> keras.Model:
+        """The model to export: `net` itself, or an inference-only equivalent."""
+        return self.serving(net) if self.serving else net
+
+    def settings(self) -> dict:
+        """The recipe as plain values, for metrics.json."""
+        values = dataclasses.asdict(self)
+        values["serving"] = getattr(self.serving, "__qualname__", None)
+        return {"recipe": type(self).__name__, **values}
+
+
+def background_bank(data_dir: str) -> Optional[augment.NoiseBank]:
+    """The run's background-noise recordings, or None (with a note) when it has none."""
+    try:
+        return data.load_background(data_dir)
+    except ValueError:
+        print(f"note: {data_dir} holds no background-noise recordings (preprocess a folder "
+              "with _background_noise_/ to add them); training without noise mixing")
+        return None
