@@ -6,6 +6,7 @@ A preprocessing run writes, under its output directory::
     OUT/val/...    OUT/test/...
     OUT/labels.txt                                 one label per line; line number = index
     OUT/metadata.json                              format version, settings, counts, shards
+    OUT/preprocess_run.json                        marks the folder as a run's (written first)
     OUT/rejected/rejected-SSSSS-of-NNNNN.jsonl     {"path": ..., "reason": ...} per bad input
     OUT/background/data-00000-of-00001.tfrecord    the noise recordings, for augmentation
 
@@ -66,7 +67,10 @@ SHARD_SUFFIX = ".tfrecord"
 GZIP_SUFFIX = ".gz"
 LABELS_FILE = "labels.txt"
 METADATA_FILE = "metadata.json"
+MARKER_FILE = "preprocess_run.json"  # written first: marks the folder as a run's
 REJECTED_DIR = "rejected"
+REJECTED_PREFIX = "rejected"
+REJECTED_SUFFIX = ".jsonl"
 BACKGROUND_NOISE_DIR = "_background_noise_"  # input folder of long noise recordings
 BACKGROUND = "background"  # output folder: one record per noise recording, for augmentation
 

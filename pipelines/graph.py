@@ -131,7 +131,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: transforms.FeaturizeConfig,
                         | "CountBackground" >> beam.combiners.Count.Globally())
     (rejected
      | "WriteRejected" >> beam.io.WriteToText(
-         f"{out}/{contract.REJECTED_DIR}/rejected", file_name_suffix=".jsonl"))
+         f"{out}/{contract.REJECTED_DIR}/{contract.REJECTED_PREFIX}",
+         file_name_suffix=contract.REJECTED_SUFFIX))
 
     example_counts = (examples
                       | "KeyExamples" >> beam.Map(lambda example: (example[0], example[1]))

@@ -1,29 +1,136 @@
-"""The output folder of a preprocessing run: refusing, replacing and reading it back."""
+"""The output folder of a preprocessing run: what the run owns, refusing and replacing it.
+
+A run owns only files it names itself, in its own places::
+
+    OUT/preprocess_run.json  OUT/labels.txt  OUT/metadata.json
+    OUT/{train,val,test,background}/data-SSSSS-of-NNNNN.tfrecord[.gz]
+    OUT/rejected/rejected-SSSSS-of-NNNNN.jsonl
+    OUT/<place>/beam-temp-<prefix>-<uuid>/...     a sink's temporary files, until it ends
+
+The marker `preprocess_run.json` is written before anything else, so even a run killed
+before its metadata.json is recognised as a run. `--overwrite` removes exactly the files
+above, and only from a folder that holds a run and nothing else in those places; no
+command ever writes into the data folder it reads.
+"""
 
 from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+from typing import NamedTuple
 
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import contract, errors
 
+PLACES = contract.SPLITS + (contract.BACKGROUND, contract.REJECTED_DIR)
+TOP_FILES = (contract.MARKER_FILE, contract.LABELS_FILE, contract.METADATA_FILE)
+_SHARD = re.compile(rf"{contract.SHARD_PREFIX}-\d{{5,}}-of-\d{{5,}}"
+                    rf"{re.escape(contract.SHARD_SUFFIX)}({re.escape(contract.GZIP_SUFFIX)})?")
+_REJECTED = re.compile(rf"{contract.REJECTED_PREFIX}-\d{{5,}}-of-\d{{5,}}"
+                       rf"{re.escape(contract.REJECTED_SUFFIX)}")
+_TEMP_DIR = re.compile(r"beam-temp-(?P<prefix>[^/]+)-[0-9a-f]{32}")
 
-def run_outputs(output_dir: str) -> list[str]:
-    """Files of an earlier run in OUT (shards, labels, metadata, rejected)."""
+
+class Contents(NamedTuple):
+    """The files in a run's places: those a run writes, and any other."""
+    owned: list[str]
+    foreign: list[str]
+    temp_dirs: list[str]  # local sink folders, removed once their files are
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def is_within(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or inside it (local paths with symlinks resolved)."""
+    if _is_local(path) != _is_local(folder):
+        return False
+    if _is_local(path):
+        path, folder = os.path.realpath(path), os.path.realpath(folder)
+        return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+    path, folder = path.rstrip("/"), folder.rstrip("/")
+    return path == folder or path.startswith(folder + "/")
+
+
+def _owned(place: str, relative: str) -> bool:
+    """Whether a file at OUT/<place>/<relative> has a name this command writes."""
+    first, _, rest = relative.partition("/")
+    temp = _TEMP_DIR.fullmatch(first)
+    prefix = contract.REJECTED_PREFIX if place == contract.REJECTED_DIR \
+        else contract.SHARD_PREFIX
+    if temp:
+        return temp.group("prefix") == prefix and bool(rest)
+    return bool(not rest and (_REJECTED if place == contract.REJECTED_DIR
+                              else _SHARD).fullmatch(first))
+
+
+def contents(output_dir: str) -> Contents:
+    """Sorts what OUT's run places and top files hold into owned and foreign."""
     base = output_dir.rstrip("/")
-    patterns = [f"{base}/{contract.METADATA_FILE}", f"{base}/{contract.LABELS_FILE}",
-                f"{base}/{contract.REJECTED_DIR}/*"]
-    patterns += [f"{base}/{split}/*" for split in contract.SPLITS + (contract.BACKGROUND,)]
-    return [meta.path for result in FileSystems.match(patterns)
-            for meta in result.metadata_list]
+    owned, foreign, temp_dirs = [], [], []
+    for name in TOP_FILES:
+        if FileSystems.exists(f"{base}/{name}"):
+            owned.append(f"{base}/{name}")
+    for place in PLACES:
+        root = f"{base}/{place}"
+        for meta in FileSystems.match([f"{root}/**"])[0].metadata_list:
+            relative = meta.path[len(root) + 1:].replace(os.sep, "/")
+            (owned if _owned(place, relative) else foreign).append(meta.path)
+        if _is_local(root) and os.path.isdir(root):
+            temp_dirs += [entry.path for entry in os.scandir(root)
+                          if entry.is_dir(follow_symlinks=False)
+                          and _TEMP_DIR.fullmatch(entry.name)]
+    return Contents(sorted(owned), sorted(foreign), sorted(temp_dirs))
 
 
-def prepare_output(output_dir: str, overwrite: bool) -> None:
-    existing = run_outputs(output_dir)
-    if existing and not overwrite:
-        raise errors.UserError(f"{output_dir}: already holds a preprocessing run "
+def _finished_run(base: str) -> bool:
+    """Whether OUT holds the metadata.json of a run (made before runs had a marker)."""
+    try:
+        contract.RunMetadata.from_json(read_text(f"{base}/{contract.METADATA_FILE}"),
+                                       check=False)
+    except (ValueError, IOError, OSError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def prepare_output(output_dir: str, data_dir: str, overwrite: bool) -> None:
+    """Makes OUT ready for a run, or raises UserError without touching anything.
+
+    Refused: OUT that is or is inside the data folder; OUT whose run places hold files
+    this command does not write; a run already there, unless `overwrite`, which then
+    removes exactly that run's files. Leaves the marker in place for the new run.
+    """
+    if is_within(output_dir, data_dir):
+        raise errors.UserError(f"{output_dir}: the output folder is inside the data folder "
+                               f"{data_dir}; choose one outside it")
+    base = output_dir.rstrip("/")
+    found = contents(output_dir)
+    if found.foreign:
+        more = f" and {len(found.foreign) - 1} more" if len(found.foreign) > 1 else ""
+        raise errors.UserError(f"{found.foreign[0]}{more}: not written by preprocessing, in "
+                               f"the output folder's run places; choose another --output-dir")
+    marker = f"{base}/{contract.MARKER_FILE}"
+    if found.owned and marker not in found.owned and not _finished_run(base):
+        raise errors.UserError(f"{output_dir}: holds {posixpath.basename(found.owned[0])} "
+                               f"but no {contract.MARKER_FILE}: not a run this command made "
+                               "(remove it yourself or choose another --output-dir)")
+    if found.owned and not overwrite:
+        state = ("a preprocessing run" if f"{base}/{contract.METADATA_FILE}" in found.owned
+                 else f"an unfinished preprocessing run (no {contract.METADATA_FILE})")
+        raise errors.UserError(f"{output_dir}: already holds {state} "
                                "(pass --overwrite to replace it)")
-    if existing:
-        FileSystems.delete(existing)
+    stale = [path for path in found.owned if path != marker]
+    if stale:
+        FileSystems.delete(stale)
+    if found.temp_dirs:
+        FileSystems.delete(found.temp_dirs)
+    write_text(marker, json.dumps({
+        "written_by": "python -m pipelines.preprocess",
+        "places": list(PLACES), "files": list(TOP_FILES)}, indent=2) + "\n")
 
 
 def write_text(path: str, text: str) -> None:

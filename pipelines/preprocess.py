@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                         default=DEFAULT_MAX_REJECTED_FRACTION,
                         help="exit non-zero after writing when more clips are rejected")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace a run already in --output-dir")
+                        help="replace a run already in --output-dir (only the files a run "
+                             "writes are removed; a folder holding anything else in the "
+                             "run's places is refused)")
     return parser
 
 
@@ -134,7 +136,7 @@ def run(argv: Optional[list[str]] = None) -> contract.RunMetadata:
     check_flags(args, wanted)
     labels = inputs.check_inputs(args.data_dir, wanted, args.unknown_percent is not None,
                                  args.silence_percent is not None)
-    outputs.prepare_output(args.output_dir, args.overwrite)
+    outputs.prepare_output(args.output_dir, args.data_dir, args.overwrite)
     out = args.output_dir.rstrip("/")
     outputs.write_text(f"{out}/{contract.LABELS_FILE}", contract.format_labels(labels))
 
