@@ -7,7 +7,6 @@ Everything goes through tf.io.gfile, so OUT may be local, gs:// or a /gcs/ mount
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Callable, Optional
 
@@ -36,16 +35,15 @@ def read_labels(data_dir: str) -> list[str]:
     return labels
 
 
-def read_metadata(data_dir: str) -> dict:
-    """metadata.json of a preprocessing run, checked against this code's format."""
+def read_metadata(data_dir: str) -> contract.RunMetadata:
+    """metadata.json of a preprocessing run; refused when made with other settings."""
     path = f"{data_dir.rstrip('/')}/{contract.METADATA_FILE}"
     if not tf.io.gfile.exists(path):
         raise UserError(f"{data_dir}: {contract.METADATA_FILE} missing (incomplete "
                         "preprocessing run?)")
     try:
-        metadata = json.loads(_read(path))
-        contract.check_metadata(metadata)
-    except (ValueError, KeyError) as error:
+        metadata = contract.RunMetadata.from_json(_read(path))
+    except ValueError as error:
         raise UserError(f"{path}: {error}") from None
     return metadata
 
@@ -58,8 +56,8 @@ def shard_files(data_dir: str, split: str) -> list[str]:
     return files
 
 
-def split_size(metadata: dict, split: str) -> int:
-    return int(metadata["counts"][split]["total"])
+def split_size(metadata: contract.RunMetadata, split: str) -> int:
+    return metadata.split_total(split)
 
 
 def _compression(files: list[str]) -> str:

@@ -97,7 +97,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
         if size == 0:
             raise UserError(f"{args.data_dir}/{split}: empty split (no examples); "
                             "use more data or other --val-percent/--test-percent")
-    if recipe.needs_waveforms and not metadata.get("waveforms", False):
+    if recipe.needs_waveforms and not metadata.waveforms:
         raise UserError(f"{args.data_dir}: model {args.model!r} augments audio and needs "
                         "stored waveforms; preprocess without --no-waveforms")
 
@@ -152,7 +152,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
     settings = {"model": args.model, "data_dir": args.data_dir, "seed": args.seed,
                 "shuffle_buffer": args.shuffle_buffer, **recipe.settings(),
                 "epochs_run": len(next(iter(history.values()), [])),
-                "split": metadata.get("split")}
+                "split": metadata.split.to_dict()}
     metrics = evaluate.evaluate_split(net, test_ds, files[contract.TEST], labels)
     metrics.update({
         "model": args.model, "parameters": int(net.count_params()),
@@ -165,7 +165,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
     if not args.no_report:
         report = writer.write_run_report(job_dir, export_dir, files[contract.TEST],
                                              metrics, history, labels,
-                                             bool(metadata.get("waveforms")))
+                                             metadata.waveforms)
         print(f"\nreport: {report}")
     print(f"model: {job_dir}/model.keras  export: {export_dir}")
     return metrics
