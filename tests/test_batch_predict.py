@@ -1,7 +1,9 @@
 """Batch prediction with Beam + tfx-bsl RunInference, against trainer.predict."""
 
 import json
+import os
 import pathlib
+import shutil
 
 import pytest
 
@@ -36,26 +38,26 @@ def read_jsonl(pattern_dir: pathlib.Path, glob: str) -> list[dict]:
             for line in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("runner_flags", [
-    [], ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]],
-    ids=["in_memory", "multi_process"])
-def test_batch_predictions_equal_trainer_predict(job_dir, audio_dir, tmp_path, runner_flags):
+def assert_equal_to_trainer_predict(job_dir, rows: dict, paths: list[str]) -> None:
+    single = {r["path"]: r for r in predict.run(["--model-dir", str(job_dir)] + paths)}
+    for path in paths:
+        assert rows[path]["label"] == single[path]["label"]
+        for label in LABELS:
+            assert rows[path]["probabilities"][label] == pytest.approx(
+                single[path]["probabilities"][label], abs=1e-5)
+
+
+def test_batch_predictions_equal_trainer_predict(job_dir, audio_dir, tmp_path):
     out = tmp_path / "predictions"
     counts = batch_predict.run(["--input", f"{audio_dir}/**/*.wav", "--model-dir", str(job_dir),
-                                "--output", str(out)] + runner_flags)
+                                "--output", str(out)])
     rows = {row["path"]: row for row in read_jsonl(out, "predictions-*.jsonl")}
     good = sorted(str(p) for p in audio_dir.rglob("*.wav") if p.name != "broken.wav")
     assert sorted(rows) == good
     rejected = read_jsonl(out / "rejected", "*.jsonl")
     assert [r["path"] for r in rejected] == [str(audio_dir / "left" / "broken.wav")]
-    if not runner_flags:
-        assert counts == {"predicted": 6, "rejected": 1}
-    single = {r["path"]: r for r in predict.run(["--model-dir", str(job_dir)] + good)}
-    for path, row in rows.items():
-        assert row["label"] == single[path]["label"]
-        for label in LABELS:
-            assert row["probabilities"][label] == pytest.approx(
-                single[path]["probabilities"][label], abs=1e-5)
+    assert counts == {"files": 7, "predicted": 6, "rejected": 1}
+    assert_equal_to_trainer_predict(job_dir, rows, good)
 
 
 def test_wrong_model_dir_or_empty_input_is_one_line(job_dir, audio_dir, tmp_path, capsys):
@@ -65,3 +67,51 @@ def test_wrong_model_dir_or_empty_input_is_one_line(job_dir, audio_dir, tmp_path
     assert batch_predict.main(["--input", f"{tmp_path}/nothing/*.wav", "--model-dir",
                                str(job_dir), "--output", str(tmp_path / "o")]) == 2
     assert "no files match" in capsys.readouterr().err
+
+
+def shard_names(folder: pathlib.Path, prefix: str) -> list[str]:
+    return sorted(p.name for p in folder.glob(f"{prefix}-*"))
+
+
+def test_a_rerun_into_the_same_output_replaces_only_the_earlier_results(
+        job_dir, audio_dir, tmp_path, capsys):
+    # A name that is not UTF-8 (Latin-1 e-acute, and a stray 0xff byte) among the inputs.
+    odd = audio_dir / "yes" / os.fsdecode(b"caf\xe9-\xff.wav")
+    original = sorted((audio_dir / "yes").glob("*.wav"))[0]
+    shutil.copy(original, odd)
+    shown = f"{audio_dir}/yes/caf\\xe9-\\xff.wav"
+    out = tmp_path / "predictions"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's own file")
+    (out / "predictions-summary.jsonl").write_text("{}\n")  # not named like a shard
+    flags = ["--input", f"{audio_dir}/**/*.wav", "--model-dir", str(job_dir),
+             "--output", str(out)]
+
+    first = batch_predict.run(flags + ["--num-shards", "3", "--direct_running_mode",
+                                       "multi_processing", "--direct_num_workers", "2"])
+    assert first == {"files": 8, "predicted": 7, "rejected": 1}
+    assert shard_names(out, "predictions") == [
+        f"predictions-0000{i}-of-00003.jsonl" for i in range(3)] + ["predictions-summary.jsonl"]
+    rows = {row["path"]: row for row in read_jsonl(out, "predictions-*-of-*.jsonl")}
+    good = sorted(str(p) for p in audio_dir.rglob("*.wav")
+                  if p.name != "broken.wav" and p != odd)
+    assert sorted(rows) == sorted(good + [shown])
+    assert_equal_to_trainer_predict(job_dir, rows, good)  # on the multi-process runner
+    assert rows[shown]["probabilities"] == pytest.approx(
+        rows[str(original)]["probabilities"], abs=1e-6)
+    assert [r["path"] for r in read_jsonl(out / "rejected", "*.jsonl")] == [
+        str(audio_dir / "left" / "broken.wav")]
+
+    assert batch_predict.main(flags) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert "predictions-00000-of-00003.jsonl" in error and "--overwrite" in error
+
+    second = batch_predict.run(flags + ["--overwrite", "--num-shards", "1"])
+    assert second == {"files": 8, "predicted": 7, "rejected": 1}
+    assert shard_names(out, "predictions") == ["predictions-00000-of-00001.jsonl",
+                                               "predictions-summary.jsonl"]
+    assert shard_names(out / "rejected", "rejected") == ["rejected-00000-of-00001.jsonl"]
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    paths = [row["path"] for row in read_jsonl(out, "predictions-*-of-*.jsonl")]
+    assert len(paths) == len(set(paths)) == 7 and shown in paths
