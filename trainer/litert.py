@@ -45,8 +45,8 @@ from ai_edge_litert import schema_py_generated as schema  # noqa: E402
 from tensorflow.python.framework import convert_to_constants  # noqa: E402
 
 from pipelines import contract  # noqa: E402
-from pipelines.errors import UserError, run_cli  # noqa: E402
-from trainer import artifacts, data, models  # noqa: E402
+from pipelines.errors import UserError, first_line, run_cli  # noqa: E402
+from trainer import artifacts, data, export, models  # noqa: E402
 from trainer.models import kws  # noqa: E402
 
 FLOAT_FILE = "model.tflite"
@@ -176,7 +176,7 @@ def convert_int8(model: keras.Model, representative_clips: np.ndarray,
 
 
 def write_litert_models(model: keras.Model, labels: list[str], export_dir: str,
-                        representative_clips: np.ndarray) -> dict[str, str]:
+                        representative_clips: Optional[np.ndarray]) -> dict[str, str]:
     """Writes FLOAT_FILE and INT8_FILE of the serving `model` into `export_dir`.
 
     Args:
@@ -184,27 +184,46 @@ def write_litert_models(model: keras.Model, labels: list[str], export_dir: str,
       labels: its labels, in output order (labels.txt is written beside the models if
         the SavedModel export has not written it).
       export_dir: local or gs:// folder, usually JOB/export.
-      representative_clips: float32 [n, 16000] training clips (see `CALIBRATION_CLIPS`).
+      representative_clips: float32 [n, 16000] training clips (see `CALIBRATION_CLIPS`);
+        None writes the float model only.
 
     Returns:
-      {"float": path, "int8": path}.
+      {"float": path, "int8": path}, without "int8" when there were no clips.
     """
     outputs = int(model.output.shape[-1])
     if outputs != len(labels):
         raise ValueError(f"the model has {outputs} outputs but there are {len(labels)} labels")
     export_dir = export_dir.rstrip("/")
     tf.io.gfile.makedirs(export_dir)
-    paths = {"float": f"{export_dir}/{FLOAT_FILE}", "int8": f"{export_dir}/{INT8_FILE}"}
-    contents = {"float": convert_float(model),
-                "int8": convert_int8(model, representative_clips)}
-    for kind, path in paths.items():
-        with tf.io.gfile.GFile(path, "wb") as handle:
-            handle.write(contents[kind])
+    contents = {"float": convert_float(model)}
+    if representative_clips is not None:
+        contents["int8"] = convert_int8(model, representative_clips)
+    paths = {}
+    for kind, content in contents.items():
+        paths[kind] = f"{export_dir}/{FLOAT_FILE if kind == 'float' else INT8_FILE}"
+        with tf.io.gfile.GFile(paths[kind], "wb") as handle:
+            handle.write(content)
     labels_path = f"{export_dir}/{contract.LABELS_FILE}"
     if not tf.io.gfile.exists(labels_path):
         with tf.io.gfile.GFile(labels_path, "w") as handle:
             handle.write(contract.format_labels(labels))
     return paths
+
+
+def export_run(model: keras.Model, labels: list[str], export_dir: str, data_dir: str,
+               seed: int = 42, count: int = CALIBRATION_CLIPS) -> dict[str, str]:
+    """`write_litert_models` for a training run: calibrated on its training clips.
+
+    A run preprocessed with --no-waveforms has no clips to calibrate on: it gets the
+    float model and a note.
+    """
+    clips = None
+    if data.read_metadata(data_dir).get("waveforms", False):
+        clips = representative_clips(data_dir, count, seed)
+    else:
+        print(f"note: {data_dir} stores no waveforms (--no-waveforms), so there are no "
+              f"clips to calibrate {INT8_FILE} on; writing {FLOAT_FILE} only")
+    return write_litert_models(model, labels, export_dir, clips)
 
 
 def representative_sample(dataset: tf.data.Dataset, count: int = CALIBRATION_CLIPS
@@ -251,6 +270,38 @@ class LiteRTModel:
     def probabilities(self, waveform: np.ndarray) -> np.ndarray:
         """float32 audio [samples] at 16 kHz -> probabilities [num_labels]."""
         return self._runner(**{INPUT: pad_or_trim(waveform)[None, :]})[OUTPUT][0]
+
+
+ENGINES = ("savedmodel", "tflite", "tflite-int8")  # --engine of trainer.predict and detect
+ENGINE_FILES = {"tflite": FLOAT_FILE, "tflite-int8": INT8_FILE}
+
+
+def engine_file(model_dir: str, engine: str) -> str:
+    """The LiteRT file of `engine` in a job (JOB/export/FILE) or export directory."""
+    name = ENGINE_FILES[engine]
+    model_dir = model_dir.rstrip("/")
+    for candidate in (f"{model_dir}/{export.EXPORT_DIR}/{name}", f"{model_dir}/{name}"):
+        if tf.io.gfile.exists(candidate):
+            return candidate
+    if not tf.io.gfile.exists(model_dir):
+        raise UserError(f"{model_dir}: model directory not found")
+    raise UserError(f"{model_dir}: no {export.EXPORT_DIR}/{name} for --engine {engine} "
+                    "(write it with python -m trainer.litert --job-dir JOB --data-dir DATA)")
+
+
+def load_engine(model_dir: str, engine: str, num_threads: int = 1
+                ) -> tuple[LiteRTModel, list[str]]:
+    """The LiteRT model of `engine` in `model_dir` and its labels, checked to match."""
+    path = engine_file(model_dir, engine)
+    try:
+        model = LiteRTModel(path, num_threads=num_threads)
+    except (ValueError, RuntimeError) as error:
+        raise UserError(f"{path}: cannot load the LiteRT model ({first_line(error)})") from None
+    labels = artifacts.read_model_labels(path.rsplit("/", 1)[0])
+    if model.num_labels != len(labels):
+        raise UserError(f"{path}: {model.num_labels} outputs but {len(labels)} labels in "
+                        f"{contract.LABELS_FILE}")
+    return model, labels
 
 
 # --- what a file holds: op types and memory ------------------------------------------
@@ -390,9 +441,8 @@ def run(argv: Optional[list[str]] = None) -> dict[str, str]:
     model_name = _model_name(job_dir)
     net = artifacts.load_keras_model(job_dir)
     labels = artifacts.read_model_labels(job_dir)
-    clips = representative_clips(args.data_dir, args.clips)
-    paths = write_litert_models(models.get_recipe(model_name).serving_model(net), labels,
-                                export_dir, clips)
+    paths = export_run(models.get_recipe(model_name).serving_model(net), labels, export_dir,
+                       args.data_dir, count=args.clips)
     for kind, path in paths.items():
         print(f"{kind:<6}{path}")
     return paths

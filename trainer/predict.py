@@ -4,7 +4,9 @@
     python -m trainer.predict --model-dir JOB clip.wav --top-k 3 --json --plot clip.png
 
 Files are decoded by the same code as preprocessing (any WAV it accepts: 8-32 bit,
-float, stereo, any rate) and fed to the model's raw-audio signature. One line per file;
+float, stereo, any rate) and fed to the model's raw-audio signature, or with
+`--engine tflite` / `tflite-int8` to export/model.tflite / model_int8.tflite through the
+LiteRT interpreter (same decoding; the clip padded or cut to one second). One line per file;
 a file that cannot be read gets a line on stderr, the others are still predicted, and
 the exit code is 1 when any failed.
 """
@@ -25,20 +27,25 @@ import tensorflow as tf  # noqa: E402
 
 from pipelines import audio  # noqa: E402
 from pipelines.errors import PartialFailure, run_cli  # noqa: E402
-from trainer import artifacts  # noqa: E402
+from trainer import artifacts, litert  # noqa: E402
 
 
 class Predictor:
     """An exported model, loaded once, that maps WAV bytes to class probabilities."""
 
-    def __init__(self, model_dir: str):
-        self.model = artifacts.load_serving_model(model_dir)
-        self._serve = self.model.signatures["waveform"]
-        self.labels = artifacts.read_model_labels(artifacts.export_dir_of(model_dir))
+    def __init__(self, model_dir: str, engine: str = "savedmodel"):
+        if engine == "savedmodel":
+            self.model = artifacts.load_serving_model(model_dir)
+            self._serve = self.model.signatures["waveform"]
+            self.labels = artifacts.read_model_labels(artifacts.export_dir_of(model_dir))
+        else:  # a LiteRT file: one clip at a time, padded or cut to one second
+            self.model, self.labels = litert.load_engine(model_dir, engine)
 
     def probabilities(self, data: bytes) -> np.ndarray:
         """WAV bytes -> probabilities over `labels` (raises AudioError)."""
         waveform = audio.decode_wav(data)
+        if isinstance(self.model, litert.LiteRTModel):
+            return self.model.probabilities(waveform)
         outputs = self._serve(waveform=tf.constant(waveform[None, :]))
         return outputs["probabilities"][0].numpy()
 
@@ -59,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("files", nargs="+", metavar="FILE.wav", help="local or gs:// paths")
     parser.add_argument("--model-dir", required=True,
                         help="a training job directory (or its export/ SavedModel)")
+    parser.add_argument("--engine", default="savedmodel", choices=litert.ENGINES,
+                        help="which exported file runs: the SavedModel, export/model.tflite "
+                             "or export/model_int8.tflite (LiteRT; default savedmodel)")
     parser.add_argument("--top-k", type=int, default=1, help="labels shown per file")
     parser.add_argument("--json", action="store_true", help="JSON Lines instead of text")
     parser.add_argument("--plot", default=None,
@@ -68,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: Optional[list[str]] = None) -> list[dict]:
     args = build_parser().parse_args(argv)
-    predictor = Predictor(args.model_dir)
+    predictor = Predictor(args.model_dir, args.engine)
     results, failed = [], []
     for path in args.files:
         try:

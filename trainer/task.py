@@ -9,9 +9,9 @@ On Vertex AI the job directory, TensorBoard logs and checkpoints default to
 AIP_MODEL_DIR, AIP_TENSORBOARD_LOG_DIR and AIP_CHECKPOINT_DIR (see deploy/vertex/).
 
 A run leaves in JOB: model.keras, export/ (SavedModel: raw-audio, spectrogram and
-tf.Example signatures) with labels.txt, metrics.json, history.json, the plots and
-report.html. Killed mid-way and started again with the same command, it resumes from
-its last finished epoch.
+tf.Example signatures; LiteRT model.tflite and model_int8.tflite) with labels.txt,
+metrics.json, history.json, the plots and report.html. Killed mid-way and started
+again with the same command, it resumes from its last finished epoch.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import tensorflow as tf  # noqa: E402
 
 from pipelines import contract  # noqa: E402
 from pipelines.errors import PartialFailure, UserError, run_cli  # noqa: E402
-from trainer import backup, data, evaluate, export, models, training  # noqa: E402
+from trainer import backup, data, evaluate, export, litert, models, training  # noqa: E402
 from trainer.report import metrics as classification, writer  # noqa: E402
 
 HISTORY_CSV = "history.csv"
@@ -145,8 +145,10 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
 
     history = read_history(job_dir)
     net.save(f"{job_dir}/model.keras")
-    export_dir = export.export_model(recipe.serving_model(net), labels,
-                                     f"{job_dir}/{export.EXPORT_DIR}")
+    serving = recipe.serving_model(net)
+    export_dir = export.export_model(serving, labels, f"{job_dir}/{export.EXPORT_DIR}")
+    # LiteRT files beside the SavedModel, int8 calibrated on training clips.
+    litert.export_run(serving, labels, export_dir, args.data_dir, seed=args.seed)
     with tf.io.gfile.GFile(f"{job_dir}/{contract.LABELS_FILE}", "w") as handle:
         handle.write(contract.format_labels(labels))
     settings = {"model": args.model, "data_dir": args.data_dir, "seed": args.seed,

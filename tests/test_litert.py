@@ -1,0 +1,203 @@
+"""LiteRT models: conversion, parity with the SavedModel, int8 agreement, the engines."""
+
+import shutil
+from typing import NamedTuple
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipelines import contract, preprocess
+from tests import wavs
+from trainer import data, export, features, litert, models, predict, task
+
+LABELS = ["no", "up", "yes"]
+
+
+class Split(NamedTuple):
+    waveforms: np.ndarray
+    spectrograms: np.ndarray
+    labels: np.ndarray
+    paths: list
+
+
+def _split(data_dir, split: str) -> Split:
+    dataset = data.make_dataset(data.shard_files(str(data_dir), split), 512, False,
+                                keep_features=True, waveform=True)
+    batch = next(iter(dataset))
+    return Split(batch[contract.WAVEFORM].numpy(), batch[contract.SPECTROGRAM].numpy(),
+                 batch[contract.LABEL].numpy(),
+                 [path.decode() for path in batch[contract.PATH].numpy()])
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = wavs.copy_sample(tmp_path_factory.mktemp("wav") / "data", LABELS, per_label=40)
+    out = tmp_path_factory.mktemp("prep") / "out"
+    # A large test split: the int8 agreement is a fraction of it.
+    preprocess.run(["--data-dir", str(root), "--output-dir", str(out), "--split", "random",
+                    "--val-percent", "10", "--test-percent", "40", "--num-shards", "1"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def kws_export(data_dir, tmp_path_factory):
+    """A small `kws` model trained on the stored spectrograms, exported every way."""
+    train = _split(data_dir, contract.TRAIN)
+    keras.utils.set_random_seed(0)
+    net = models.build_model("kws", len(LABELS))
+    for layer in net.layers:  # moving statistics that settle within a few dozen steps
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.8
+    net.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=["accuracy"],
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    net.fit(train.spectrograms, train.labels, epochs=20, batch_size=16, verbose=0)
+    serving = models.get_recipe("kws").serving_model(net)  # batch norm folded
+    export_dir = tmp_path_factory.mktemp("job") / "export"
+    export.export_model(serving, LABELS, str(export_dir))
+    paths = litert.write_litert_models(serving, LABELS, str(export_dir), train.waveforms)
+    assert set(paths) == {"float", "int8"}
+    return export_dir
+
+
+def _savedmodel_probabilities(export_dir, waveforms) -> np.ndarray:
+    serve = tf.saved_model.load(str(export_dir)).signatures["waveform"]
+    return np.concatenate([serve(waveform=tf.constant(clip[None]))["probabilities"].numpy()
+                           for clip in waveforms])
+
+
+def _litert_probabilities(path, waveforms) -> np.ndarray:
+    model = litert.LiteRTModel(str(path))
+    return np.stack([model.probabilities(clip) for clip in waveforms])
+
+
+def test_stft_from_hops_equals_the_exported_stft():
+    clips = np.stack([litert.pad_or_trim(wavs.read_clip(path)[0])
+                      for path in wavs.sample_clips("left", 3)])
+    np.testing.assert_allclose(litert.stft_magnitude(tf.constant(clips)).numpy(),
+                               features.stft_magnitude(tf.constant(clips)).numpy(), atol=1e-4)
+
+
+def test_float_model_equals_the_savedmodel_on_real_clips(kws_export, data_dir):
+    test = _split(data_dir, contract.TEST)
+    expected = _savedmodel_probabilities(kws_export, test.waveforms)
+    ours = _litert_probabilities(kws_export / litert.FLOAT_FILE, test.waveforms)
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+    # The trained model is not a constant: the comparison covers several labels.
+    assert len(set(expected.argmax(axis=1))) >= 2
+
+
+def test_int8_model_agrees_on_the_label_for_97_percent_of_the_test_split(kws_export,
+                                                                          data_dir):
+    test = _split(data_dir, contract.TEST)
+    assert len(test.labels) >= 40
+    expected = _savedmodel_probabilities(kws_export, test.waveforms).argmax(axis=1)
+    ours = _litert_probabilities(kws_export / litert.INT8_FILE, test.waveforms).argmax(axis=1)
+    assert (ours == expected).mean() >= 0.97
+
+
+def test_int8_file_keeps_the_front_end_float_and_the_network_int8(kws_export):
+    content = (kws_export / litert.INT8_FILE).read_bytes()
+    ops = litert.op_types(content)
+    kinds = {op for op, _, _ in ops}
+    assert {"RFFT2D", "COMPLEX_ABS", "LOG", "CONV_2D", "QUANTIZE", "DEQUANTIZE"} <= kinds
+    for op, data_in, data_out in ops:
+        if op in ("LOG", "RFFT2D"):
+            assert data_in == "FLOAT32", op
+        if op in ("CONV_2D", "ADD", "MEAN", "SOFTMAX"):
+            assert data_in == data_out == "INT8", op
+    # The mel projection is float (it reads |STFT|), the classifier int8.
+    dense = [data_in for op, data_in, _ in ops if op == "FULLY_CONNECTED"]
+    assert dense[0] == "FLOAT32" and dense[-1] == "INT8"
+    runner = litert.LiteRTModel(content=content)._runner
+    inputs, outputs = runner.get_input_details(), runner.get_output_details()
+    assert list(inputs) == [litert.INPUT] and list(outputs) == [litert.OUTPUT]
+    assert tuple(inputs[litert.INPUT]["shape"]) == (1, contract.CLIP_SAMPLES)
+    assert inputs[litert.INPUT]["dtype"] == outputs[litert.OUTPUT]["dtype"] == np.float32
+    assert tuple(outputs[litert.OUTPUT]["shape"]) == (1, len(LABELS))
+    assert len(content) <= 0.4 * (kws_export / litert.FLOAT_FILE).stat().st_size
+
+
+def test_clips_of_other_lengths_are_padded_or_cut_like_the_savedmodel(kws_export):
+    clips = [wavs.read_clip(path)[0] for path in wavs.sample_clips("yes", 2)]
+    waveforms = [clips[0][:7000], np.concatenate(clips)]
+    expected = np.concatenate([_savedmodel_probabilities(kws_export, [clip])
+                               for clip in waveforms])
+    ours = _litert_probabilities(kws_export / litert.FLOAT_FILE, waveforms)
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+def test_arena_holds_the_fft_and_is_smaller_than_every_tensor_together(kws_export):
+    content = (kws_export / litert.INT8_FILE).read_bytes()
+    arena = litert.arena_bytes(content)
+    spectrum = contract.NUM_FRAMES * contract.NUM_BINS
+    assert arena >= spectrum * 8 + spectrum * 4  # COMPLEX_ABS: complex64 in, float32 out
+    details = litert.LiteRTModel(content=content).interpreter.get_tensor_details()
+    every_tensor = sum(int(np.prod(d["shape"])) * np.dtype(d["dtype"]).itemsize
+                       for d in details)
+    assert arena < every_tensor
+
+
+def test_tutorial_model_converts_too(data_dir):
+    train = _split(data_dir, contract.TRAIN)
+    spectrograms = tf.data.Dataset.from_tensor_slices(train.spectrograms).batch(32)
+    keras.utils.set_random_seed(0)
+    net = models.build_model("tutorial", len(LABELS), train_spectrograms=spectrograms)
+    clips = train.waveforms[:4]
+    expected = tf.nn.softmax(net(features.stft_magnitude(tf.constant(clips)))).numpy()
+    float_model = litert.LiteRTModel(content=litert.convert_float(net))
+    np.testing.assert_allclose(np.stack([float_model.probabilities(c) for c in clips]),
+                               expected, atol=1e-4)
+    int8 = litert.convert_int8(net, train.waveforms[:32])
+    assert ("CONV_2D", "INT8", "INT8") in litert.op_types(int8)
+    probabilities = litert.LiteRTModel(content=int8).probabilities(clips[0])
+    assert probabilities.shape == (len(LABELS),)
+    assert abs(probabilities.sum() - 1) < 0.02
+
+
+def test_predict_engines_give_the_savedmodels_labels(kws_export, capsys):
+    files = [str(path) for label in LABELS for path in wavs.sample_clips(label, 2)]
+    results = {}
+    for engine in litert.ENGINES:
+        results[engine] = predict.run(["--model-dir", str(kws_export), "--engine", engine,
+                                       "--json"] + files)
+    for ours, expected in zip(results["tflite"], results["savedmodel"]):
+        assert ours["label"] == expected["label"]
+        assert ours["probability"] == pytest.approx(expected["probability"], abs=1e-4)
+    assert len(results["tflite-int8"]) == len(files)
+
+
+def test_engine_without_its_file_is_one_line_and_exit_2(kws_export, tmp_path, capsys):
+    export_dir = tmp_path / "export"
+    shutil.copytree(kws_export, export_dir)
+    (export_dir / litert.INT8_FILE).unlink()
+    clip = str(wavs.sample_clips("up", 1)[0])
+    capsys.readouterr()
+    code = predict.main(["--model-dir", str(export_dir), "--engine", "tflite-int8", clip])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and str(export_dir) in err[0] and litert.INT8_FILE in err[0]
+    assert predict.main(["--model-dir", str(export_dir), "--engine", "tflite", clip]) == 0
+
+
+def test_default_training_run_writes_both_files_and_the_cli_refuses_to_overwrite(
+        data_dir, tmp_path, capsys):
+    job = tmp_path / "job"
+    task.run(["--data-dir", str(data_dir), "--job-dir", str(job), "--epochs", "1",
+              "--batch-size", "16", "--verbose", "0", "--no-report"])
+    written = {}
+    for name in (litert.FLOAT_FILE, litert.INT8_FILE):
+        path = job / export.EXPORT_DIR / name
+        written[name] = path.read_bytes()
+        model = litert.LiteRTModel(str(path))
+        assert model.num_labels == len(LABELS)
+    capsys.readouterr()
+    assert litert.main(["--job-dir", str(job), "--data-dir", str(data_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and litert.FLOAT_FILE in err[0] and "--overwrite" in err[0]
+    assert (job / export.EXPORT_DIR / litert.INT8_FILE).read_bytes() == written[litert.INT8_FILE]
+    (job / export.EXPORT_DIR / litert.INT8_FILE).unlink()
+    assert litert.main(["--job-dir", str(job), "--data-dir", str(data_dir),
+                        "--overwrite"]) == 0
+    assert (job / export.EXPORT_DIR / litert.INT8_FILE).stat().st_size > 0
