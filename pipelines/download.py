@@ -1,9 +1,11 @@
 """Downloads and unpacks the "Simple audio recognition" tutorial's mini Speech Commands.
 
 Fetches `mini_speech_commands.zip` (8,000 one-second clips of eight words, about 182 MB)
-from TensorFlow's public storage, checks it (every member's CRC, the expected layout
-`mini_speech_commands/{down,go,left,no,right,stop,up,yes}/*.wav`, and the SHA-256 when
-one is given), and unpacks it to DEST. The archive goes to a temporary file and is
+from TensorFlow's public storage over https, checks it (its SHA-256: pinned for the
+tutorial's URL, or given with --sha256; every member's CRC; the expected layout
+`mini_speech_commands/{down,go,left,no,right,stop,up,yes}/*.wav`; the limits below on
+download size, member count and unpacked size, before anything is unpacked), and unpacks
+it to DEST. The archive goes to a temporary file and is
 unpacked into a temporary folder next to DEST/mini_speech_commands, renamed into place
 only once every member has been written: a failed or interrupted run leaves nothing
 behind, and a second run finds the folder and does nothing::
@@ -28,6 +30,7 @@ import hashlib
 import os
 import re
 import shutil
+import struct
 import sys
 import tempfile
 import urllib.error
@@ -42,8 +45,20 @@ from tqdm import tqdm
 
 from pipelines import errors
 
-DEFAULT_URL = ("http://storage.googleapis.com/download.tensorflow.org/data/"
+DEFAULT_URL = ("https://storage.googleapis.com/download.tensorflow.org/data/"
                "mini_speech_commands.zip")
+# SHA-256 of the tutorial's zip (182,082,353 bytes), the same object over http and https.
+KNOWN_SHA256 = {
+    url: "49650f2341b26d886b46b3f4fb8fed59e30300b17550f1ee4a768b3106cf93a0"
+    for url in (DEFAULT_URL, DEFAULT_URL.replace("https://", "http://", 1))
+}
+# What one download may cost, checked before unpacking anything. The tutorial's zip is
+# 182 MB, holds 8,000 clips (with their macOS resource-fork copies, about 16,000
+# members) and unpacks to about 260 MB.
+MAX_DOWNLOAD_BYTES = 512 * 2**20
+MAX_MEMBERS = 20_000
+MAX_UNPACKED_BYTES = 2**30
+MAX_DIRECTORY_BYTES = MAX_MEMBERS * 512  # the zip's table of contents, read before counting
 DEFAULT_DEST = "data"
 TOP_FOLDER = "mini_speech_commands"
 WORDS = ("down", "go", "left", "no", "right", "stop", "up", "yes")
@@ -60,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dest", default=DEFAULT_DEST,
                         help=f"local folder to unpack into (default: {DEFAULT_DEST})")
     parser.add_argument("--url", default=DEFAULT_URL, help="where to fetch the zip from")
-    parser.add_argument("--sha256", default=None, help="expected SHA-256 of the zip (hex)")
+    parser.add_argument("--sha256", default=None,
+                        help="expected SHA-256 of the zip (hex); pinned for the default URL")
     return parser
 
 
@@ -97,6 +113,9 @@ def fetch(url: str, target: Path) -> str:
         with out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
             length = response.headers.get("Content-Length")
             expected = int(length) if length and length.isdigit() else None
+            if expected is not None and expected > MAX_DOWNLOAD_BYTES:
+                raise errors.UserError(f"{url}: {expected:,} bytes, over the "
+                                       f"{MAX_DOWNLOAD_BYTES:,}-byte download limit")
             with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024,
                       desc=TOP_FOLDER + ".zip", file=sys.stderr, disable=None) as bar:
                 while chunk := response.read(CHUNK_BYTES):
@@ -108,6 +127,9 @@ def fetch(url: str, target: Path) -> str:
                     digest.update(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
+                    if received > MAX_DOWNLOAD_BYTES:
+                        raise errors.UserError(f"{url}: more than the {MAX_DOWNLOAD_BYTES:,}"
+                                               "-byte download limit")
     except urllib.error.HTTPError as error:
         raise errors.UserError(f"{url}: HTTP {error.code} {error.reason}") from None
     except urllib.error.URLError as error:
@@ -131,12 +153,46 @@ def member_path(name: str, url: str) -> PurePosixPath:
     return path
 
 
+def check_directory(archive_path: Path, url: str) -> None:
+    """Refuses a zip whose table of contents is too large, before zipfile reads it whole.
+
+    Reads the end-of-central-directory record (and its zip64 form when the sizes
+    overflow it): the member count and the directory's size.
+    """
+    size = archive_path.stat().st_size
+    with open(archive_path, "rb") as handle:
+        tail_bytes = min(size, 22 + 65535)  # the record, then a comment of up to 64 KB
+        handle.seek(size - tail_bytes)
+        tail = handle.read()
+        end = tail.rfind(b"PK\x05\x06")
+        if end < 0 or len(tail) - end < 22:
+            return  # not a zip: zipfile says so in its own words
+        members, directory = struct.unpack_from("<HI", tail, end + 10)
+        locator = end - 20
+        if (members == 0xFFFF or directory == 0xFFFFFFFF) and locator >= 0 and \
+                tail[locator:locator + 4] == b"PK\x06\x07":
+            handle.seek(struct.unpack_from("<Q", tail, locator + 8)[0])
+            record = handle.read(56)
+            if len(record) == 56 and record[:4] == b"PK\x06\x06":
+                members, directory = struct.unpack_from("<QQ", record, 32)
+    if members > MAX_MEMBERS:
+        raise errors.UserError(f"{url}: {members:,} members in archive, over the limit of "
+                               f"{MAX_MEMBERS:,}")
+    if directory > MAX_DIRECTORY_BYTES:
+        raise errors.UserError(f"{url}: a {directory:,}-byte table of contents, over the "
+                               f"limit of {MAX_DIRECTORY_BYTES:,}")
+
+
 def check_layout(archive: zipfile.ZipFile, url: str) -> list[zipfile.ZipInfo]:
-    """Validates member paths and the layout; returns the members to unpack.
+    """Validates member paths, count, sizes and the layout; returns the members to unpack.
 
     Raises:
-      UserError: a member escapes DEST, or a word folder is missing or has no WAV files.
+      UserError: a member escapes DEST, too many members or too many bytes once
+        unpacked, or a word folder is missing or has no WAV files.
     """
+    if len(archive.infolist()) > MAX_MEMBERS:
+        raise errors.UserError(f"{url}: {len(archive.infolist()):,} members in archive, over "
+                               f"the limit of {MAX_MEMBERS:,}")
     members, wavs = [], {word: 0 for word in WORDS}
     for info in archive.infolist():
         path = member_path(info.filename, url)
@@ -149,6 +205,12 @@ def check_layout(archive: zipfile.ZipFile, url: str) -> list[zipfile.ZipInfo]:
             wavs[path.parts[1]] += 1
     if not members:
         raise errors.UserError(f"{url}: unexpected layout (no {TOP_FOLDER}/ folder)")
+    # zipfile stops each member at its declared size (and fails its CRC if the data go
+    # on), so the declared sizes bound what unpacking writes.
+    unpacked = sum(info.file_size for info in members)
+    if unpacked > MAX_UNPACKED_BYTES:
+        raise errors.UserError(f"{url}: unpacks to {unpacked:,} bytes, over the limit of "
+                               f"{MAX_UNPACKED_BYTES:,}")
     empty = [word for word, count in wavs.items() if not count]
     if empty:
         raise errors.UserError(f"{url}: unexpected layout (no WAV files in "
@@ -161,6 +223,7 @@ def unpack(archive_path: Path, staging: Path, url: str) -> int:
 
     Every member is read through zipfile, which verifies its CRC-32 at the end of it.
     """
+    check_directory(archive_path, url)
     try:
         with zipfile.ZipFile(archive_path) as archive:
             members = check_layout(archive, url)
@@ -190,7 +253,8 @@ def download(dest: str, url: str = DEFAULT_URL, sha256: Optional[str] = None) ->
     Args:
       dest: local folder; created if missing.
       url: address of mini_speech_commands.zip.
-      sha256: expected SHA-256 of the zip (hex), or None to skip that check.
+      sha256: expected SHA-256 of the zip (hex); None: the one pinned for `url` in
+        KNOWN_SHA256, or no check for a URL without one (said in the summary).
 
     Returns:
       The unpacked data folder.
@@ -202,6 +266,8 @@ def download(dest: str, url: str = DEFAULT_URL, sha256: Optional[str] = None) ->
         raise errors.UserError(f"{dest}: --dest must be a local folder")
     if sha256 is not None and not _SHA256.match(sha256):
         raise errors.UserError(f"--sha256 {sha256!r}: expected 64 hexadecimal digits")
+    source = "--sha256" if sha256 is not None else "pinned"
+    sha256 = sha256 or KNOWN_SHA256.get(url)
     root = Path(dest)
     final = root / TOP_FOLDER
     if final.exists():
@@ -223,7 +289,7 @@ def download(dest: str, url: str = DEFAULT_URL, sha256: Optional[str] = None) ->
         digest = fetch(url, archive_path)
         if sha256 is not None and digest != sha256.lower():
             raise errors.UserError(f"{url}: SHA-256 mismatch (expected {sha256.lower()}, "
-                                   f"got {digest})")
+                                   f"{source}; got {digest})")
         size = archive_path.stat().st_size
         wav_count = unpack(archive_path, staging, url)
         os.replace(staging / TOP_FOLDER, final)
@@ -232,7 +298,9 @@ def download(dest: str, url: str = DEFAULT_URL, sha256: Optional[str] = None) ->
         shutil.rmtree(staging, ignore_errors=True)
         if created and root.is_dir() and not any(root.iterdir()):
             root.rmdir()
-    print(f"downloaded {size / 1e6:.1f} MB from {url} (sha256 {digest})")
+    checked = (f"{source} checksum matched" if sha256 else
+               "not checked: no known checksum for this URL, pass --sha256 to check it")
+    print(f"downloaded {size / 1e6:.1f} MB from {url} (sha256 {digest}, {checked})")
     print(f"unpacked {wav_count:,} WAV files to {final}")
     print(f"next: python -m pipelines.preprocess --data-dir {final} "
           f"--output-dir runs/{TOP_FOLDER}/data")

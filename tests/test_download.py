@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import struct
 import threading
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,7 @@ class Server:
     def __init__(self):
         self.routes: dict[str, bytes] = {}
         self.short: set[str] = set()
+        self.claimed_length: dict[str, int] = {}  # path -> Content-Length sent instead
         self.hits: list[str] = []
         server = self
 
@@ -58,7 +61,8 @@ class Server:
                     self.send_error(404, "Not Found")
                     return
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length",
+                                 str(server.claimed_length.get(self.path, len(body))))
                 self.end_headers()
                 self.wfile.write(body[:len(body) // 2] if self.path in server.short else body)
 
@@ -222,3 +226,114 @@ def test_path_traversal_member(server, tmp_path, capsys, evil):
                   url, "unsafe path", "escapes")
     assert not (tmp_path / "a").exists() or not any((tmp_path / "a").rglob("*"))
     assert not list(tmp_path.rglob("escaped.wav"))
+
+
+def test_default_is_https_with_the_tutorials_checksum_pinned():
+    assert download.DEFAULT_URL.startswith("https://")
+    assert download.build_parser().parse_args([]).url == download.DEFAULT_URL
+    pinned = download.KNOWN_SHA256[download.DEFAULT_URL]
+    assert len(pinned) == 64 and int(pinned, 16)
+    assert download.KNOWN_SHA256[download.DEFAULT_URL.replace("https:", "http:")] == pinned
+
+
+def test_a_pinned_checksum_is_checked_without_sha256(server, tmp_path, capsys, monkeypatch):
+    body = good_zip()
+    url = serve(server, "pinned.zip", body)
+    monkeypatch.setitem(download.KNOWN_SHA256, url, "ab" * 32)
+    dest = tmp_path / "data"
+    assert_failed(capsys, download.main(["--dest", str(dest), "--url", url]),
+                  url, "SHA-256 mismatch", "ab" * 32, "pinned")
+    assert not dest.exists()
+    # --sha256 overrides the pinned value.
+    sha = hashlib.sha256(body).hexdigest()
+    assert download.main(["--dest", str(dest), "--url", url, "--sha256", sha]) == 0
+    assert "--sha256 checksum matched" in capsys.readouterr().out
+
+
+def test_an_unknown_url_without_sha256_says_it_was_not_checked(server, tmp_path, capsys):
+    url = serve(server, "unchecked.zip", good_zip())
+    assert download.main(["--dest", str(tmp_path / "data"), "--url", url]) == 0
+    assert "not checked: no known checksum for this URL" in capsys.readouterr().out
+
+
+def deflated_zeros(size: int, block: int = 1 << 24) -> tuple[bytes, int]:
+    """(raw deflate stream, CRC-32) of `size` zero bytes, made from one compressed block.
+
+    After a full flush the compressor starts afresh, so every block of zeros compresses
+    to the same bytes: the stream is that block repeated, without compressing it all.
+    """
+    assert size % block == 0
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    one = compressor.compress(bytes(block)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    zeros = bytes(block)
+    for _ in range(size // block):
+        crc = zlib.crc32(zeros, crc)
+    return one * (size // block) + compressor.flush(), crc
+
+
+def hand_made_zip(members: dict[str, bytes], bomb_name: str, bomb_size: int) -> bytes:
+    """A zip of stored `members` plus one deflated member of `bomb_size` zero bytes."""
+    entries = [(name, 0, data, zlib.crc32(data), len(data)) for name, data in members.items()]
+    bomb, crc = deflated_zeros(bomb_size)
+    entries.append((bomb_name, 8, bomb, crc, bomb_size))
+    body, directory = b"", b""
+    for name, method, data, crc, size in entries:
+        encoded = name.encode()
+        fields = struct.pack("<HHHHHIIIHH", 20, 0, method, 0, 0x21, crc, len(data), size,
+                             len(encoded), 0)
+        directory += (b"PK\x01\x02" + struct.pack("<H", 20) + fields
+                      + struct.pack("<HHHII", 0, 0, 0, 0, len(body)) + encoded)
+        body += b"PK\x03\x04" + fields + encoded + data
+    end = b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, len(entries), len(entries),
+                                        len(directory), len(body), 0)
+    return body + directory + end
+
+
+def test_a_zip_bomb_of_zeros_is_refused_before_unpacking(server, tmp_path, capsys):
+    size = download.MAX_UNPACKED_BYTES + (1 << 24)
+    body = hand_made_zip(sample_wavs(per_word=1),
+                         f"{download.TOP_FOLDER}/yes/zeros.wav", size)
+    assert len(body) < 2_000_000  # a 1 GB member in a 1 MB zip
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:  # a well-formed zip
+        assert archive.getinfo(f"{download.TOP_FOLDER}/yes/zeros.wav").file_size == size
+    url = serve(server, "bomb.zip", body)
+    dest = tmp_path / "data"
+    dest.mkdir()
+    assert_failed(capsys, download.main(["--dest", str(dest), "--url", url]),
+                  url, f"over the limit of {download.MAX_UNPACKED_BYTES:,}")
+    assert list(dest.iterdir()) == []
+
+
+def test_too_many_members_are_refused_before_the_archive_is_read(server, tmp_path, capsys):
+    members = sample_wavs(per_word=1)
+    for i in range(download.MAX_MEMBERS + 1 - len(members)):
+        members[f"{download.TOP_FOLDER}/go/{i}"] = b""
+    url = serve(server, "many.zip", make_zip(members))
+    dest = tmp_path / "data"
+    assert_failed(capsys, download.main(["--dest", str(dest), "--url", url]),
+                  url, f"{download.MAX_MEMBERS + 1:,} members in archive, over the limit")
+    assert not dest.exists()
+
+
+def test_a_download_larger_than_the_limit_is_refused_before_reading_it(
+        server, tmp_path, capsys):
+    url = serve(server, "huge.zip", good_zip())
+    server.claimed_length["/huge.zip"] = download.MAX_DOWNLOAD_BYTES + 1
+    dest = tmp_path / "data"
+    assert_failed(capsys, download.main(["--dest", str(dest), "--url", url]),
+                  url, "download limit")
+    assert not dest.exists()
+
+
+def test_an_oversized_table_of_contents_is_refused(server, tmp_path, capsys):
+    # Few members with very long names: the count is fine, the directory is not.
+    members = sample_wavs(per_word=1)
+    long_name = "x" * 5000
+    for i in range(download.MAX_DIRECTORY_BYTES // 5000 + 1):
+        members[f"{download.TOP_FOLDER}/go/{i}{long_name}"] = b""
+    url = serve(server, "toc.zip", make_zip(members))
+    dest = tmp_path / "data"
+    assert_failed(capsys, download.main(["--dest", str(dest), "--url", url]),
+                  url, "table of contents, over the limit")
+    assert not dest.exists()
