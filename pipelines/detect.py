@@ -175,9 +175,8 @@ class ScoreChunk(beam.DoFn):
                 f"chunk at {chunk.first * config.hop / contract.SAMPLE_RATE:.1f} s: "
                 f"{errors.first_line(error)}"))
             return
-        windows = detection.frame_windows(samples, start, first, chunk.stop - first,
-                                          config.window, config.hop)
-        probabilities = self._scorer(windows)
+        probabilities = self._scorer.score_span(samples, start, first, chunk.stop - first,
+                                                config)
         smoothed = detection.smooth(probabilities[context:], config.smoothing,
                                     probabilities[:context])
         times = detection.window_times(chunk.first, chunk.stop - chunk.first,

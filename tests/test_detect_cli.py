@@ -171,3 +171,16 @@ def test_model_without_unknown_is_warned_about(tmp_path, capsys):
     wav = write_wav(tmp_path / "a.wav", recording(seconds=5).audio)
     detect.run(["--model-dir", str(job), str(wav)])
     assert "no _unknown_ class, so it will fire on any speech" in capsys.readouterr().err
+
+
+def test_windows_sharing_their_stft_frames_score_as_windows_on_their_own(scorer):
+    stream = recording(seconds=9.5)
+    config = detection.default_config(LABELS)
+    count = detection.num_windows(len(stream.audio), config.window, config.hop)
+    alone = scorer(detection.frame_windows(stream.audio, 0, 0, count, config.window,
+                                           config.hop))
+    shared = scorer.score_span(stream.audio, 0, 0, count, config)
+    np.testing.assert_allclose(shared, alone, atol=1e-5)
+    later = scorer.score_span(stream.audio[5 * config.hop:], 5 * config.hop, 5, count - 5,
+                              config)
+    np.testing.assert_allclose(later, alone[5:], atol=1e-5)

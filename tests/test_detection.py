@@ -37,7 +37,7 @@ def oracle_probabilities(num_samples, truth, config=CONFIG, spikes=()):
 
 
 def test_window_grid_covers_the_file_and_pads_only_past_its_end():
-    window, hop = CONFIG.window, CONFIG.hop
+    window, hop = RATE, RATE // 10
     assert detection.num_windows(100, window, hop) == 1
     assert detection.num_windows(window, window, hop) == 1
     assert detection.num_windows(window + 1, window, hop) == 2

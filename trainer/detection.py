@@ -39,7 +39,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "detection.json"  # beside the SavedModel, in JOB/export/
 NON_KEYWORDS = (UNKNOWN, SILENCE)
 WINDOW_MS = 1_000
-HOP_MS = 100
+HOP_MS = 96  # 12 STFT steps: windows share their frames (trainer.detect.Scorer)
 SMOOTHING = 3
 REFRACTORY_MS = 1_000
 DEFAULT_THRESHOLD = 0.8  # for a model without a chosen operating point
@@ -83,9 +83,12 @@ def default_config(labels: Sequence[str], threshold: float = DEFAULT_THRESHOLD) 
     return Config({label: float(threshold) for label in keywords_of(labels)})
 
 
+def config_to_dict(config: Config) -> dict:
+    return {"format_version": FORMAT_VERSION, **dataclasses.asdict(config)}
+
+
 def config_to_json(config: Config) -> str:
-    return json.dumps({"format_version": FORMAT_VERSION, **dataclasses.asdict(config)},
-                      indent=2, sort_keys=True) + "\n"
+    return json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n"
 
 
 def config_from_json(text: str, labels: Sequence[str]) -> Config:
