@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from pipelines import contract, preprocess
+from benchmarks import litert as benchmark
 from tests import wavs
 from trainer import data, export, features, litert, models, predict, task
 
@@ -181,23 +182,47 @@ def test_engine_without_its_file_is_one_line_and_exit_2(kws_export, tmp_path, ca
     assert predict.main(["--model-dir", str(export_dir), "--engine", "tflite", clip]) == 0
 
 
-def test_default_training_run_writes_both_files_and_the_cli_refuses_to_overwrite(
-        data_dir, tmp_path, capsys):
-    job = tmp_path / "job"
+@pytest.fixture(scope="module")
+def trained_job(data_dir, tmp_path_factory):
+    """A job of the default training command (one epoch)."""
+    job = tmp_path_factory.mktemp("run") / "job"
     task.run(["--data-dir", str(data_dir), "--job-dir", str(job), "--epochs", "1",
               "--batch-size", "16", "--verbose", "0", "--no-report"])
-    written = {}
+    return job
+
+
+def test_default_training_run_writes_both_files(trained_job):
     for name in (litert.FLOAT_FILE, litert.INT8_FILE):
-        path = job / export.EXPORT_DIR / name
-        written[name] = path.read_bytes()
-        model = litert.LiteRTModel(str(path))
+        model = litert.LiteRTModel(str(trained_job / export.EXPORT_DIR / name))
         assert model.num_labels == len(LABELS)
+    assert litert.job_model_name(str(trained_job)) == models.DEFAULT_MODEL
+
+
+def test_litert_cli_refuses_to_overwrite_and_rewrites_with_overwrite(trained_job, data_dir,
+                                                                     capsys):
+    int8 = trained_job / export.EXPORT_DIR / litert.INT8_FILE
+    before = int8.read_bytes()
     capsys.readouterr()
-    assert litert.main(["--job-dir", str(job), "--data-dir", str(data_dir)]) == 2
+    assert litert.main(["--job-dir", str(trained_job), "--data-dir", str(data_dir)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and litert.FLOAT_FILE in err[0] and "--overwrite" in err[0]
-    assert (job / export.EXPORT_DIR / litert.INT8_FILE).read_bytes() == written[litert.INT8_FILE]
-    (job / export.EXPORT_DIR / litert.INT8_FILE).unlink()
-    assert litert.main(["--job-dir", str(job), "--data-dir", str(data_dir),
-                        "--overwrite"]) == 0
-    assert (job / export.EXPORT_DIR / litert.INT8_FILE).stat().st_size > 0
+    assert int8.read_bytes() == before
+    int8.unlink()
+    assert litert.main(["--job-dir", str(trained_job), "--data-dir", str(data_dir),
+                        "--clips", "20", "--overwrite"]) == 0
+    assert litert.LiteRTModel(str(int8)).num_labels == len(LABELS)
+
+
+def test_benchmark_measures_the_three_engines(trained_job, data_dir, capsys):
+    results = benchmark.run(["--data-dir", str(data_dir), "--job-dir", str(trained_job),
+                             "--clips", "4", "--rounds", "2"])
+    engines = ("savedmodel",) + tuple(litert.ENGINE_FILES)
+    assert set(results["latency"]) == set(results["quality"]) == set(engines)
+    assert all(results["latency"][name]["p95_ms"] >= results["latency"][name]["p50_ms"] > 0
+               for name in engines)
+    assert results["quality"]["savedmodel"]["agreement"] == 1.0
+    assert results["quality"]["tflite"]["max_abs_diff"] < 1e-4
+    assert results["sizes"]["tflite-int8"] < results["sizes"]["tflite"]
+    assert results["arena_bytes"] > 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in engines) and "tensor arena" in out

@@ -399,7 +399,7 @@ def representative_clips(data_dir: str, count: int = CALIBRATION_CLIPS,
     return data.guard_corruption(files, lambda: representative_sample(dataset, count))
 
 
-def _model_name(job_dir: str) -> str:
+def job_model_name(job_dir: str) -> str:
     """The architecture a job trained, from its metrics.json."""
     path = f"{job_dir}/metrics.json"
     if not tf.io.gfile.exists(path):
@@ -438,7 +438,7 @@ def run(argv: Optional[list[str]] = None) -> dict[str, str]:
     if existing and not args.overwrite:
         raise UserError(f"{export_dir}: already holds {', '.join(existing)} (use --overwrite "
                         "to replace)")
-    model_name = _model_name(job_dir)
+    model_name = job_model_name(job_dir)
     net = artifacts.load_keras_model(job_dir)
     labels = artifacts.read_model_labels(job_dir)
     paths = export_run(models.get_recipe(model_name).serving_model(net), labels, export_dir,
