@@ -5,6 +5,7 @@ so DIR/<label>/*.wav arrives as the layout `pipelines.preprocess` reads::
 
     python -m pipelines.stage data/speech_commands gs://BUCKET/speech
     python -m pipelines.stage data/speech_commands gs://BUCKET/speech --workers 32
+    python -m pipelines.stage data/speech_commands gs://BUCKET/speech --delete
 
 then::
 
@@ -17,6 +18,13 @@ uploaded whole, with its CRC32C checked by Cloud Storage, and only appears once 
 after an interruption, running the same command again sends exactly what is missing or
 different. A file that cannot be uploaded is named with the reason, the others still go,
 and the command exits with 1. A missing LOCAL_DIR or a malformed gs:// URI exits with 2.
+
+Objects under the prefix that have no file in LOCAL_DIR (deleted or renamed locally since
+an earlier run) are listed and kept; with `--delete` they are removed, each only in the
+version that was listed, so that the prefix then mirrors LOCAL_DIR.
+
+Symbolic links are followed, to files and to folders; a link to a folder that is already
+being staged (a loop, or a second link to the same folder) is skipped and named.
 
 LOCAL_DIR is read with the local file system on purpose: this is the one step whose
 input is, by definition, on this machine.
@@ -45,6 +53,7 @@ from pipelines import errors
 
 DEFAULT_WORKERS = 16
 CHUNK_BYTES = 1 << 20
+LISTED_NAMES = 20  # remote-only objects named one per line; the rest are counted
 # Bucket naming rules of Cloud Storage (dotted names may be up to 222 characters).
 _GCS_URI = re.compile(r"^gs://(?P<bucket>[a-z0-9][a-z0-9._-]{1,220}[a-z0-9])(?:/(?P<prefix>.*))?$")
 
@@ -56,11 +65,17 @@ class LocalFile(NamedTuple):
 
 
 class StageResult(NamedTuple):
-    """What a run did: object names uploaded and already there, failures with reasons."""
+    """What a run did: object names uploaded and already there, upload failures by local
+    path, objects with no local file, those deleted and those that could not be (by
+    gs:// URI, with the reason), folders skipped (by path, with the reason)."""
     uploaded: list[str]
     present: list[str]
     failed: dict[str, str]
     uploaded_bytes: int
+    remote_only: list[str] = []
+    deleted: list[str] = []
+    not_deleted: dict[str, str] = {}
+    skipped: dict[str, str] = {}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"parallel uploads (default: {DEFAULT_WORKERS})")
     parser.add_argument("--project", default=None,
                         help="project billed for the requests (default: from the environment)")
+    parser.add_argument("--delete", action="store_true",
+                        help="delete the objects under the prefix that have no file in "
+                        "LOCAL_DIR (without it they are listed and kept)")
     return parser
 
 
@@ -88,14 +106,30 @@ def parse_gcs_uri(uri: str) -> tuple[str, str]:
     return match.group("bucket"), (match.group("prefix") or "").strip("/")
 
 
-def list_local(local_dir: str, prefix: str) -> list[LocalFile]:
-    """Every file under `local_dir` (sorted), with the object name it is staged to."""
+def list_local(local_dir: str, prefix: str,
+               skipped: Optional[dict[str, str]] = None) -> list[LocalFile]:
+    """Every file under `local_dir` (sorted), with the object name it is staged to.
+
+    Links to folders are followed; one leading to a folder already listed (a loop, or
+    a second way to the same folder) is left out and recorded in `skipped`.
+    """
     if not os.path.isdir(local_dir):
         reason = "not a folder" if os.path.exists(local_dir) else "folder not found"
         raise errors.UserError(f"{local_dir}: {reason}")
+    skipped = {} if skipped is None else skipped
+    visited = {os.path.realpath(local_dir)}
     files = []
-    for root, dirs, names in os.walk(local_dir):
+    for root, dirs, names in os.walk(local_dir, followlinks=True):
         dirs.sort()
+        kept = []
+        for name in dirs:
+            real = os.path.realpath(os.path.join(root, name))
+            if real in visited:
+                skipped[os.path.join(root, name)] = f"a link to {real}, staged already"
+            else:
+                visited.add(real)
+                kept.append(name)
+        dirs[:] = kept
         for name in sorted(names):
             path = os.path.join(root, name)
             relative = os.path.relpath(path, local_dir).replace(os.sep, "/")
@@ -181,8 +215,40 @@ class Uploader:
         return True
 
 
+def remote_only(remote: dict[str, storage.Blob], files: list[LocalFile]) -> list[str]:
+    """Names of the listed objects that no local file is staged to (folder markers aside)."""
+    local = {file.name for file in files}
+    return sorted(name for name in remote if name not in local and not name.endswith("/"))
+
+
+def delete_objects(client: storage.Client, bucket: str, blobs: list[storage.Blob],
+                   workers: int) -> tuple[list[str], dict[str, str]]:
+    """Deletes `blobs`, each only if it is still the generation listed.
+
+    Returns:
+      (names deleted, failures as gs:// URI -> reason).
+    """
+    target = client.bucket(bucket)
+
+    def delete(blob: storage.Blob) -> str:
+        target.delete_blob(blob.name, if_generation_match=blob.generation,
+                           retry=DEFAULT_RETRY)
+        return blob.name
+
+    deleted, failed = [], {}
+    with ThreadPoolExecutor(max_workers=workers) as executor:
+        futures = {executor.submit(delete, blob): blob for blob in blobs}
+        for future in as_completed(futures):
+            try:
+                deleted.append(future.result())
+            except Exception as error:  # pylint: disable=broad-except
+                # Changed since it was listed (412), or a transient error: kept, reported.
+                failed[f"gs://{bucket}/{futures[future].name}"] = errors.first_line(error)
+    return sorted(deleted), failed
+
+
 def stage(local_dir: str, destination: str, workers: int = DEFAULT_WORKERS,
-          project: Optional[str] = None) -> StageResult:
+          project: Optional[str] = None, delete: bool = False) -> StageResult:
     """Uploads every file under `local_dir` that is not already at `destination`.
 
     Args:
@@ -190,15 +256,22 @@ def stage(local_dir: str, destination: str, workers: int = DEFAULT_WORKERS,
       destination: gs://BUCKET/PREFIX.
       workers: number of parallel uploads.
       project: project billed for the requests (None: from the environment).
+      delete: also delete the objects under the prefix that have no local file.
 
     Returns:
-      The object names uploaded and found already there, and the failures by local path.
+      A StageResult.
     """
     bucket, prefix = parse_gcs_uri(destination)
     if workers < 1:
         raise errors.UserError(f"--workers must be at least 1, not {workers}")
-    files = list_local(local_dir, prefix)
-    remote = remote_objects(make_client(project), bucket, prefix)
+    if delete and not prefix:
+        raise errors.UserError(f"{destination}: --delete needs a PREFIX (it would apply to "
+                               "the whole bucket)")
+    skipped: dict[str, str] = {}
+    files = list_local(local_dir, prefix, skipped)
+    client = make_client(project)
+    remote = remote_objects(client, bucket, prefix)
+    extra = remote_only(remote, files)
     uploader = Uploader(bucket, project, remote)
     uploaded, present, failed, uploaded_bytes = [], [], {}, 0
     executor = ThreadPoolExecutor(max_workers=workers)
@@ -223,23 +296,47 @@ def stage(local_dir: str, destination: str, workers: int = DEFAULT_WORKERS,
         executor.shutdown(wait=False, cancel_futures=True)
         raise
     executor.shutdown()
+    deleted, not_deleted = [], {}
+    if delete and extra:
+        deleted, not_deleted = delete_objects(client, bucket, [remote[n] for n in extra],
+                                              workers)
     return StageResult(sorted(uploaded), sorted(present), dict(sorted(failed.items())),
-                       uploaded_bytes)
+                       uploaded_bytes, extra, deleted, dict(sorted(not_deleted.items())),
+                       skipped)
 
 
 def run(argv: Optional[list[str]] = None) -> StageResult:
     """Stages a folder; prints a summary line. Raises UserError (exit 2) on bad input and
     PartialFailure (exit 1) when some files could not be uploaded."""
     args = build_parser().parse_args(argv)
-    result = stage(args.local_dir, args.destination, args.workers, args.project)
+    result = stage(args.local_dir, args.destination, args.workers, args.project,
+                   args.delete)
+    bucket, _ = parse_gcs_uri(args.destination)
+    for path, reason in result.skipped.items():
+        print(f"skipped: {path} ({reason})", file=sys.stderr)
     total = len(result.uploaded) + len(result.present) + len(result.failed)
     print(f"{args.destination}: {total} files: uploaded {len(result.uploaded)} "
           f"({result.uploaded_bytes / 1e6:.1f} MB), already there {len(result.present)}, "
-          f"failed {len(result.failed)}")
-    if result.failed:
+          f"failed {len(result.failed)}; skipped {len(result.skipped)} linked folders")
+    if result.remote_only:
+        deleted = set(result.deleted)
+        for name in result.remote_only[:LISTED_NAMES]:
+            state = "deleted" if name in deleted else "kept"
+            print(f"  not in {args.local_dir} ({state}): gs://{bucket}/{name}")
+        more = len(result.remote_only) - LISTED_NAMES
+        if more > 0:
+            print(f"  ... and {more} more")
+        print(f"{len(result.remote_only)} objects have no local file: "
+              + (f"deleted {len(result.deleted)}" if args.delete
+                 else "kept (--delete removes them)"))
+    for uri, reason in result.not_deleted.items():
+        print(f"failed: {uri}: not deleted ({reason})", file=sys.stderr)
+    if result.failed or result.not_deleted:
         raise errors.PartialFailure(
-            f"{len(result.failed)} of {total} files not uploaded to {args.destination} "
-            "(listed above); run the same command again to retry them")
+            f"{len(result.failed)} of {total} files not uploaded"
+            + (f" and {len(result.not_deleted)} objects not deleted" if result.not_deleted
+               else "")
+            + f" at {args.destination} (listed above); run the same command again to retry")
     return result
 
 

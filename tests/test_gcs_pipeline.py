@@ -7,6 +7,7 @@ the shards back through Beam's FileSystems and parses them with the contract's p
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import contract, preprocess, stage
+from pipelines import audio, contract, errors, preprocess, stage
 from tests.gcs import gcs_server  # noqa: F401  (fixture)
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
@@ -110,7 +111,15 @@ def test_batch_prediction_reads_and_writes_gcs(staged, tmp_path):
     out = f"{staged}/predictions"
     counts = batch_predict.run(["--input", f"{staged}/in/**/*.wav", "--model-dir", str(job),
                                 "--output", out])
-    assert counts == {"predicted": len(LABELS) * CLIPS_PER_LABEL, "rejected": 0}
+    clips = len(LABELS) * CLIPS_PER_LABEL
+    assert counts == {"files": clips, "predicted": clips, "rejected": 0}
+    # A second run into the same prefix is refused, then replaces the first with --overwrite.
+    with pytest.raises(errors.UserError, match="--overwrite"):
+        batch_predict.run(["--input", f"{staged}/in/**/*.wav", "--model-dir", str(job),
+                           "--output", out])
+    again = batch_predict.run(["--input", f"{staged}/in/**/*.wav", "--model-dir", str(job),
+                               "--output", out, "--overwrite"])
+    assert again == counts
 
     rows = []
     for meta in FileSystems.match([f"{out}/predictions-*.jsonl"])[0].metadata_list:
@@ -127,3 +136,23 @@ def test_batch_prediction_reads_and_writes_gcs(staged, tmp_path):
         for label in LABELS:
             assert row["probabilities"][label] == pytest.approx(
                 expected["probabilities"][label], abs=1e-5)
+
+
+def test_long_recordings_are_read_in_blocks_from_gcs(gcs_server):
+    import numpy as np
+    import soundfile
+    from google.cloud import storage
+    rate = 44100
+    rng = np.random.default_rng(3)
+    samples = rng.uniform(-0.5, 0.5, (rate * 25, 2)).astype(np.float32)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format="WAV", subtype="PCM_16")
+    data = buffer.getvalue()
+    storage.Client().bucket(gcs_server).blob("long/take.wav").upload_from_string(data)
+    path = f"gs://{gcs_server}/long/take.wav"
+    assert audio.probe(path) == audio.AudioInfo(rate, 2, rate * 25)
+    blocks = list(audio.read_blocks(path))
+    assert [b.shape[0] for b in blocks] == [160000, 160000, 80000]
+    np.testing.assert_array_equal(np.concatenate(blocks), audio.decode_wav(data))
+    clip = audio.featurize(path)
+    np.testing.assert_array_equal(clip.waveform, blocks[0][:16000])

@@ -39,6 +39,11 @@ def remote_files(bucket: str, prefix: str) -> dict[str, bytes]:
             for blob in client.list_blobs(bucket, prefix=prefix + "/")}
 
 
+def remote_names(bucket: str, prefix: str) -> set[str]:
+    return {blob.name[len(prefix) + 1:]
+            for blob in storage.Client().list_blobs(bucket, prefix=prefix + "/")}
+
+
 def test_stage_uploads_then_resumes(gcs_server, clips, capsys):
     bucket, prefix = gcs_server, "in/speech"
     destination = f"gs://{bucket}/{prefix}/"  # a trailing slash is the same prefix
@@ -107,3 +112,64 @@ def test_stage_missing_bucket_exits_2(gcs_server, clips, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err == "error: gs://no-such-bucket-here: bucket not found"
+
+
+def test_objects_without_a_local_file_are_listed_then_deleted_only_with_delete(
+        gcs_server, clips, capsys):
+    bucket, prefix = gcs_server, "speech"
+    destination = f"gs://{bucket}/{prefix}"
+    client = storage.Client()
+    stage.run([str(clips), destination])
+    gone = sorted((clips / "yes").glob("*.wav"))[0]
+    gone.unlink()  # deleted locally after the first run
+    client.bucket(bucket).blob(f"{prefix}/old/renamed.wav").upload_from_string(b"RIFF")
+    # Neither a folder marker nor an object beside the prefix is a file of LOCAL_DIR's.
+    client.bucket(bucket).blob(f"{prefix}/marker/").upload_from_string(b"")
+    client.bucket(bucket).blob(f"{prefix}-other/keep.wav").upload_from_string(b"RIFF")
+    capsys.readouterr()
+
+    listed = stage.run([str(clips), destination])
+    expected = [f"{prefix}/old/renamed.wav", f"{prefix}/yes/{gone.name}"]
+    assert listed.remote_only == expected and listed.deleted == []
+    out = capsys.readouterr().out
+    for name in expected:
+        assert f"not in {clips} (kept): gs://{bucket}/{name}" in out
+    assert "2 objects have no local file: kept (--delete removes them)" in out
+    assert remote_names(bucket, prefix) == set(local_files(clips)) | {
+        "old/renamed.wav", f"yes/{gone.name}", "marker/"}
+
+    deleted = stage.run([str(clips), destination, "--delete"])
+    assert deleted.deleted == expected and deleted.not_deleted == {}
+    assert "2 objects have no local file: deleted 2" in capsys.readouterr().out
+    assert remote_names(bucket, prefix) == set(local_files(clips)) | {"marker/"}
+    assert client.bucket(bucket).blob(f"{prefix}-other/keep.wav").exists()
+
+    again = stage.run([str(clips), destination, "--delete"])
+    assert again.remote_only == [] and again.deleted == []
+
+
+def test_delete_needs_a_prefix(tmp_path, capsys):
+    (tmp_path / "clip.wav").write_bytes(b"RIFF")
+    code = stage.main([str(tmp_path), "gs://bucket", "--delete"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "gs://bucket: --delete needs a PREFIX" in err
+
+
+def test_linked_folders_are_followed_and_a_loop_is_skipped_and_named(
+        gcs_server, clips, tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere" / "up"
+    elsewhere.mkdir(parents=True)
+    wav = sorted((SAMPLE / "up").glob("*.wav"))[0]
+    shutil.copy(wav, elsewhere / wav.name)
+    (clips / "up").symlink_to(elsewhere, target_is_directory=True)
+    (clips / "yes" / "loop").symlink_to(clips, target_is_directory=True)
+    result = stage.run([str(clips), f"gs://{gcs_server}/speech"])
+    captured = capsys.readouterr()
+    assert f"speech/up/{wav.name}" in result.uploaded
+    assert result.skipped == {str(clips / "yes" / "loop"):
+                              f"a link to {clips.resolve()}, staged already"}
+    assert f"skipped: {clips / 'yes' / 'loop'} (a link to" in captured.err
+    assert "skipped 1 linked folders" in captured.out
+    assert set(remote_files(gcs_server, "speech")) == set(local_files(clips)) | {
+        f"up/{wav.name}"}
