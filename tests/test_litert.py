@@ -11,7 +11,7 @@ import tensorflow as tf
 from pipelines import contract, preprocess
 from benchmarks import litert as benchmark
 from tests import wavs
-from trainer import data, export, features, litert, models, predict, task
+from trainer import data, detect, detection, export, features, litert, models, predict, task
 
 LABELS = ["no", "up", "yes"]
 
@@ -226,3 +226,25 @@ def test_benchmark_measures_the_three_engines(trained_job, data_dir, capsys):
     assert results["arena_bytes"] > 0
     out = capsys.readouterr().out
     assert all(name in out for name in engines) and "tensor arena" in out
+
+
+def test_detect_engines_score_a_recording_alike(kws_export, tmp_path, capsys):
+    yes, no = (wavs.read_clip(wavs.sample_clips(label, 1)[0])[0] for label in ("yes", "no"))
+    silence = np.zeros(6000, np.float32)
+    samples = np.concatenate([silence, yes, silence, no, silence]).astype(np.float32)
+    config = detection.default_config(LABELS)
+    saved = detect.score_audio(samples, detect.Scorer(str(kws_export)), config)
+    scores = {engine: detect.score_audio(samples, detect.Scorer(str(kws_export),
+                                                                engine=engine), config)
+              for engine in litert.ENGINE_FILES}
+    assert len(saved) > 20
+    np.testing.assert_allclose(scores["tflite"], saved, atol=1e-4)
+    assert (scores["tflite-int8"].argmax(axis=1) == saved.argmax(axis=1)).mean() >= 0.9
+    recording = tmp_path / "recording.wav"
+    recording.write_bytes(wavs.wav_bytes(samples))
+    capsys.readouterr()
+    events = {engine: detect.run(["--model-dir", str(kws_export), "--engine", engine,
+                                  "--threshold", "0.6", str(recording)])
+              for engine in ("savedmodel", "tflite")}
+    assert [(e["label"], e["time"]) for e in events["tflite"]] == \
+        [(e["label"], e["time"]) for e in events["savedmodel"]]

@@ -35,7 +35,7 @@ import tensorflow as tf  # noqa: E402
 
 from pipelines import audio, contract  # noqa: E402
 from pipelines.errors import PartialFailure, UserError, run_cli  # noqa: E402
-from trainer import artifacts, detection, streams  # noqa: E402
+from trainer import artifacts, detection, litert, streams  # noqa: E402
 
 BATCH_WINDOWS = 64  # windows per model call
 BLOCK_SAMPLES = BATCH_WINDOWS * contract.SAMPLE_RATE * detection.HOP_MS // 1000
@@ -53,19 +53,27 @@ class Scorer:
     STFT), so the scores are the same.
     """
 
-    def __init__(self, model_dir: str, batch_windows: int = BATCH_WINDOWS):
+    def __init__(self, model_dir: str, batch_windows: int = BATCH_WINDOWS,
+                 engine: str = "savedmodel"):
         self.export_dir = artifacts.export_dir_of(model_dir)
+        self.batch_windows = batch_windows
+        self.lite_model = None  # with a LiteRT engine: its model, run a window at a time
+        if engine != "savedmodel":
+            self.lite_model, self.labels = litert.load_engine(model_dir, engine)
+            return
         self.model = artifacts.load_serving_model(model_dir)
         self._serve = self.model.signatures["waveform"]
         self._spectrogram = self.model.signatures["spectrogram"]
         self.labels = artifacts.read_model_labels(self.export_dir)
-        self.batch_windows = batch_windows
         self._span = tf.function(self._span_probabilities, input_signature=[
             tf.TensorSpec([None], tf.float32),
             tf.TensorSpec([None, contract.NUM_FRAMES], tf.int32)])
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         """float32 [n, window samples] -> probabilities [n, labels], window by window."""
+        if self.lite_model is not None:
+            return np.stack([self.lite_model.probabilities(window) for window in windows]) \
+                if len(windows) else np.zeros((0, len(self.labels)), np.float32)
         out = []
         for start in range(0, len(windows), self.batch_windows):
             batch = windows[start:start + self.batch_windows]
@@ -95,7 +103,8 @@ class Scorer:
           config: window and hop.
         """
         window, hop = config.window, config.hop
-        if window != contract.CLIP_SAMPLES or hop % contract.FRAME_STEP:
+        if (window != contract.CLIP_SAMPLES or hop % contract.FRAME_STEP
+                or self.lite_model is not None):  # LiteRT files take one window each
             return self(detection.frame_windows(samples, offset, first, count, window, hop))
         out = []
         step = hop // contract.FRAME_STEP
@@ -402,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("files", nargs="+", metavar="FILE.wav", help="local or gs:// paths")
     parser.add_argument("--model-dir", required=True,
                         help="a training job directory (or its export/ SavedModel)")
+    parser.add_argument("--engine", default="savedmodel", choices=litert.ENGINES,
+                        help="which exported file scores the windows: the SavedModel, "
+                             "export/model.tflite or export/model_int8.tflite (LiteRT)")
     parser.add_argument("--json", action="store_true", help="JSON Lines instead of text")
     parser.add_argument("--threshold", type=_threshold, default=None,
                         help="one threshold for every keyword, instead of detection.json's")
@@ -455,7 +467,7 @@ def run(argv: Optional[list[str]] = None) -> list[dict]:
     if args.truth and len(args.files) != 1:
         raise UserError("--truth describes one recording: give exactly one FILE.wav")
     truth = _read_truth(args.truth) if args.truth else None
-    scorer = Scorer(args.model_dir)
+    scorer = Scorer(args.model_dir, engine=args.engine)
     config = load_config(scorer, args.model_dir, args.threshold)
     results, failed = [], []
     for number, path in enumerate(args.files):
