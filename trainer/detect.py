@@ -147,9 +147,11 @@ class WindowBatch(NamedTuple):
 class Windows:
     """Scores a recording's windows as its blocks arrive; `num_samples` once exhausted."""
 
-    def __init__(self, blocks: Iterable[np.ndarray], scorer: Scorer, config: detection.Config):
+    def __init__(self, blocks: Iterable[np.ndarray], scorer: Scorer, config: detection.Config,
+                 keep_peaks: bool = False):
         self.blocks, self.scorer, self.config = blocks, scorer, config
         self.num_samples = 0
+        self.keep_peaks = keep_peaks
         self.envelope: list[np.ndarray] = []  # per-block peaks, for plots
 
     def __iter__(self) -> Iterator[WindowBatch]:
@@ -157,7 +159,8 @@ class Windows:
         buffer, offset, next_window = np.zeros(0, np.float32), 0, 0
         for block in self.blocks:
             self.num_samples += len(block)
-            self.envelope.append(_peaks(block))
+            if self.keep_peaks:
+                self.envelope.append(_peaks(block))
             buffer = np.concatenate([buffer, block]) if len(buffer) else block
             complete = (self.num_samples - window) // hop + 1 if self.num_samples >= window \
                 else 0
@@ -202,7 +205,7 @@ class Detection(NamedTuple):
 def detect_blocks(blocks: Iterable[np.ndarray], scorer: Scorer, config: detection.Config,
                   trace: bool = False) -> Detection:
     """Events of one recording given as consecutive 16 kHz blocks."""
-    windows = Windows(blocks, scorer, config)
+    windows = Windows(blocks, scorer, config, keep_peaks=trace)
     stream = detection.EventStream(scorer.labels, config)
     events, times, smoothed = [], [], []
     for batch in windows:

@@ -1,0 +1,226 @@
+"""Keyword-detection benchmark: streaming accuracy, speed and memory.
+
+    python -m benchmarks.detection --data-dir OUT --job-dir JOB [--job-dir JOB2 ...]
+
+1. Accuracy: for each job, `--streams` recordings of `--stream-seconds` built from the
+   test split (stream seeds 0, 1, ...: keywords and `_unknown_` clips over background
+   noise, see `trainer.streams`), detected at the job's stored operating point
+   (JOB/export/detection.json, chosen on validation streams when it was trained):
+   recall, false accepts per hour, wrong-label rate and mean delay, then the mean over
+   the jobs (training seeds). Target: recall >= 0.90 at <= 6 false accepts per hour.
+2. Speed: the first job finds the keywords of a generated `--speed-seconds` WAV file
+   (read from disk in blocks, as `trainer.detect` does) on one thread pinned to one
+   core, model load excluded: CPU seconds, wall seconds and real time over CPU time.
+   Target: at least 100x real time.
+3. Memory: peak resident memory of `trainer.detect` on a 1-minute and a 1-hour generated
+   file, each in a fresh process. Target: the hour within 10% of the minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Optional
+
+from pipelines.errors import import_tensorflow_quietly
+
+import_tensorflow_quietly()
+
+import numpy as np  # noqa: E402
+import soundfile  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from pipelines import contract  # noqa: E402
+from pipelines.errors import UserError, run_cli  # noqa: E402
+from trainer import detect, detection, streams  # noqa: E402
+
+RATE = contract.SAMPLE_RATE
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TARGET_RECALL, TARGET_FA_PER_HOUR = 0.90, 6.0
+TARGET_SPEED = 100.0
+TARGET_MEMORY_RATIO = 1.10
+BUDGETS = (1.0, 6.0, 20.0)  # false accepts per hour at which the test DET curve is read
+
+
+def accuracy(job_dirs: list[str], data_dir: str, count: int, seconds: float) -> dict:
+    """Streaming metrics of each job at its stored operating point on test streams."""
+    generated = detect.split_streams(data_dir, contract.TEST, count, seconds)
+    rows = {}
+    for job_dir in job_dirs:
+        scorer = detect.Scorer(job_dir)
+        config = detect.read_config(scorer.export_dir, scorer.labels)
+        if config is None:
+            raise UserError(f"{job_dir}: no {detection.CONFIG_FILE} (train a model with "
+                            "_unknown_ with python -m trainer.task to choose one)")
+        scored = detect.score_streams(generated, scorer, config)
+        metrics = detection.evaluate(scored, scorer.labels, config)
+        curve = detection.det_curve(scored, scorer.labels, config)
+        metrics["recall_at"] = {str(budget): detection.best_row(curve, budget)["recall"]
+                                for budget in BUDGETS}
+        metrics["threshold"] = sorted(set(config.thresholds.values()))
+        metrics["smoothing"] = config.smoothing
+        metrics["chosen_on"] = config.chosen_on
+        rows[job_dir] = metrics
+    mean = {key: statistics.fmean(row[key] for row in rows.values())
+            for key in ("recall", "false_accepts_per_hour", "wrong_label_rate")}
+    delays = [row["mean_delay_s"] for row in rows.values() if row["mean_delay_s"] is not None]
+    mean["mean_delay_s"] = statistics.fmean(delays) if delays else None
+    return {"jobs": rows, "mean": mean, "streams": count, "stream_seconds": seconds,
+            "keywords_per_job": next(iter(rows.values()))["keywords"]}
+
+
+def write_stream_wav(path: str, data_dir: str, seconds: float, seed: int = 100) -> None:
+    """A test-split stream of `seconds` written in 10-minute pieces (never held whole)."""
+    keywords, unknowns = detect.split_clips(data_dir, contract.TEST)
+    noises = detect.background_recordings(data_dir)
+    with soundfile.SoundFile(path, "w", RATE, 1, "PCM_16") as wav:
+        written, number = 0.0, 0
+        while written < seconds:
+            length = min(600.0, seconds - written)
+            wav.write(streams.build_stream(keywords, unknowns, noises, length,
+                                           seed + number).audio)
+            written, number = written + length, number + 1
+
+
+def _load(job_dir: str):
+    scorer = detect.Scorer(job_dir)
+    config = detect.read_config(scorer.export_dir, scorer.labels) or \
+        detection.default_config(scorer.labels)
+    return scorer, config
+
+
+def _speed_probe(job_dir: str, wav_path: str) -> dict:
+    """CPU and wall time of detecting one file on one thread (model loaded beforehand)."""
+    one_core()
+    scorer, config = _load(job_dir)
+    warm_up = f"{wav_path}.warm_up.wav"  # first file read: imports, first model calls
+    soundfile.write(warm_up, np.zeros(10 * RATE, np.float32), RATE, subtype="PCM_16")
+    detect.detect_file(warm_up, scorer, config)
+    os.remove(warm_up)
+    wall, cpu = time.perf_counter(), time.process_time()
+    found = detect.detect_file(wav_path, scorer, config)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    seconds = found.num_samples / RATE
+    return {"audio_seconds": seconds, "cpu_seconds": cpu, "wall_seconds": wall,
+            "x_real_time_cpu": seconds / cpu, "x_real_time_wall": seconds / wall,
+            "events": len(found.events)}
+
+
+def _rss_probe(job_dir: str, wav_path: str) -> dict:
+    scorer, config = _load(job_dir)
+    detect.detect_file(wav_path, scorer, config)
+    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+PROBES = {"speed": _speed_probe, "rss": _rss_probe}
+
+
+def probe(kind: str, job_dir: str, wav_path: str) -> dict:
+    """Runs a probe in a fresh process: one thread for speed, a clean peak for memory."""
+    output = subprocess.run(
+        [sys.executable, "-m", "benchmarks.detection", "--probe", kind, wav_path,
+         "--job-dir", job_dir, "--data-dir", "-"],
+        check=True, capture_output=True, text=True, cwd=REPO).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def one_core() -> None:
+    """Pins this process to one core and TensorFlow to one thread per pool."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.detection",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", required=True, help="the reference preprocessing run")
+    parser.add_argument("--job-dir", action="append", required=True,
+                        help="a training job (repeat for several seeds)")
+    parser.add_argument("--streams", type=int, default=detect.NUM_STREAMS)
+    parser.add_argument("--stream-seconds", type=float, default=detect.STREAM_SECONDS)
+    parser.add_argument("--speed-seconds", type=float, default=600.0)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["accuracy", "speed", "memory"])
+    parser.add_argument("--output", default=None, help="also write the figures as JSON here")
+    parser.add_argument("--probe", nargs=2, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def _print_accuracy(result: dict) -> None:
+    print(f"Streaming accuracy, test split, {result['streams']} streams of "
+          f"{result['stream_seconds'] / 60:g} min ({result['keywords_per_job']} keywords), "
+          "at each job's stored operating point:")
+    for job, row in result["jobs"].items():
+        delay = row["mean_delay_s"]
+        at = "  ".join(f"<={budget}/h {recall:.3f}" for budget, recall in row["recall_at"].items())
+        print(f"  {job:40s} recall {row['recall']:.3f}  FA/h {row['false_accepts_per_hour']:5.1f}"
+              f"  wrong label {row['wrong_label_rate']:.3f}  delay "
+              + ("-" if delay is None else f"{delay:.2f} s")
+              + f"  (threshold {row['threshold']}, smoothing {row['smoothing']}; "
+              f"test DET recall {at})")
+    mean = result["mean"]
+    met = (mean["recall"] >= TARGET_RECALL
+           and mean["false_accepts_per_hour"] <= TARGET_FA_PER_HOUR)
+    print(f"  mean over {len(result['jobs'])} jobs: recall {mean['recall']:.3f}, FA/h "
+          f"{mean['false_accepts_per_hour']:.1f}, wrong label {mean['wrong_label_rate']:.3f}"
+          f"   (target recall >= {TARGET_RECALL} at <= {TARGET_FA_PER_HOUR:g} FA/h: "
+          + ("met" if met else "NOT met") + ")")
+
+
+def run(argv: Optional[list[str]] = None) -> dict:
+    args = build_parser().parse_args(argv)
+    if args.probe:
+        kind, wav_path = args.probe
+        print(json.dumps(PROBES[kind](args.job_dir[0], wav_path)))
+        return {}
+    if args.streams < 1 or args.stream_seconds <= 0 or args.speed_seconds <= 0:
+        raise UserError("--streams, --stream-seconds and --speed-seconds must be positive")
+    results = {}
+    if "accuracy" not in args.skip:
+        results["accuracy"] = accuracy(args.job_dir, args.data_dir, args.streams,
+                                       args.stream_seconds)
+        _print_accuracy(results["accuracy"])
+    with tempfile.TemporaryDirectory() as tmp:
+        if "speed" not in args.skip:
+            path = f"{tmp}/speed.wav"
+            write_stream_wav(path, args.data_dir, args.speed_seconds)
+            results["speed"] = row = probe("speed", args.job_dir[0], path)
+            print(f"\nSpeed, {args.speed_seconds / 60:g}-minute WAV, one thread on one core, "
+                  f"model load excluded ({args.job_dir[0]}):\n"
+                  f"  CPU {row['cpu_seconds']:.2f} s = {row['x_real_time_cpu']:.0f}x real time"
+                  f"   wall {row['wall_seconds']:.2f} s = {row['x_real_time_wall']:.0f}x"
+                  f"   (target >= {TARGET_SPEED:g}x)")
+        if "memory" not in args.skip:
+            sizes = {}
+            for seconds in (60, 3600):
+                path = f"{tmp}/memory_{seconds}.wav"
+                write_stream_wav(path, args.data_dir, seconds)
+                sizes[seconds] = probe("rss", args.job_dir[0], path)["peak_rss_mb"]
+                os.remove(path)
+            ratio = sizes[3600] / sizes[60]
+            results["memory"] = {"peak_rss_mb_1min": sizes[60], "peak_rss_mb_1h": sizes[3600],
+                                 "ratio": ratio}
+            print(f"\nPeak resident memory of trainer.detect, fresh process each:\n"
+                  f"  1-minute file {sizes[60]:.0f} MB   1-hour file {sizes[3600]:.0f} MB"
+                  f"   ratio {ratio:.3f}   (target <= {TARGET_MEMORY_RATIO})")
+    if args.output:
+        with tf.io.gfile.GFile(args.output, "w") as handle:
+            handle.write(json.dumps(results, indent=2, default=float) + "\n")
+    return results
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run_cli(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
