@@ -314,7 +314,8 @@ class RunMetadata(Mapping):
     files_read: int = 0  # counted where the files are listed, apart from the outcomes
     shards: tuple[str, ...] = ()
     background_shards: tuple[str, ...] = ()
-    # split -> records counted in its shards after writing (absent in older runs)
+    # split, background or rejected -> records (lines) counted in its files once they
+    # were written; absent in older runs
     records_in_shards: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     @property
@@ -333,7 +334,7 @@ class RunMetadata(Mapping):
         """Why the counts do not add up (empty when they do).
 
         Files read = examples + background recordings + rejected + skipped, and each
-        split's shards hold as many records as examples went to it.
+        place's files hold as many records (rejected/: lines) as were sent to them.
         """
         problems = []
         outcomes = (self.examples_written + self.background_recordings + self.rejected
@@ -343,10 +344,13 @@ class RunMetadata(Mapping):
                             f"(examples {self.examples_written} + background noise "
                             f"{self.background_recordings} + rejected {self.rejected} + "
                             f"skipped {self.skipped})")
-        for split, records in sorted(self.records_in_shards.items()):
-            if records != self.split_total(split):
-                problems.append(f"{split}: {records} records in the shards but "
-                                f"{self.split_total(split)} examples sent to them")
+        for place, records in sorted(self.records_in_shards.items()):
+            sent, what = {BACKGROUND: (self.background_recordings, "recordings"),
+                          REJECTED_DIR: (self.rejected, "rejections")}.get(
+                              place, (self.split_total(place), "examples"))
+            if records != sent:
+                problems.append(f"{place}: {records} records in the shards but {sent} "
+                                f"{what} sent to them")
         return problems
 
     def to_dict(self) -> dict[str, Any]:
@@ -385,11 +389,11 @@ class RunMetadata(Mapping):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], check: bool = True) -> "RunMetadata":
-        """Reads the JSON form; with `check`, refuses other settings (`check_metadata`).
+        """Reads the JSON form; with `check`, refuses a run this code cannot use.
 
         Raises:
-          ValueError: a missing or mistyped field, or (with `check`) a run this code
-            cannot read.
+          ValueError: a missing or mistyped field, or (with `check`) other settings
+            (`check_metadata`) or counts that do not add up (`unaccounted`).
         """
         if check:
             check_metadata(data)
@@ -400,7 +404,7 @@ class RunMetadata(Mapping):
                         spectrogram_shape=tuple(data["spectrogram_shape"]))
             counts = {split: dict(data["counts"][split]["per_label"])
                       for split in data.get("counts", {})}
-            return cls(
+            metadata = cls(
                 labels=tuple(data["labels"]), data_dir=data["data_dir"],
                 split=SplitSettings(**data["split"]), compression=data["compression"],
                 waveforms=bool(data["waveforms"]), unknown_percent=data.get("unknown_percent"),
@@ -419,6 +423,11 @@ class RunMetadata(Mapping):
             raise ValueError(f"field {error} missing") from None
         except (TypeError, AttributeError) as error:
             raise ValueError(f"malformed ({error})") from None
+        problems = metadata.unaccounted() if check else []
+        if problems:
+            raise ValueError("the run's counts do not add up, examples were lost: "
+                             f"{problems[0]}; preprocess again")
+        return metadata
 
     @classmethod
     def from_json(cls, text: str, check: bool = True) -> "RunMetadata":

@@ -4,7 +4,12 @@
 
     List -> Featurize -> [SampleUnknown, FeaturizeUnknown] [CutSilence] -> Route
          -> WriteTrain, WriteVal, WriteTest   WriteBackground   WriteRejected
+         -> CountWritten (records read back from every written file)
          -> WriteMetadata (once every shard is final)
+
+What was written is counted from the files themselves, and the files listed as they are
+listed, so an element lost anywhere between the two shows in metadata.json
+(`RunMetadata.unaccounted`) instead of passing unnoticed.
 """
 
 from __future__ import annotations
@@ -18,14 +23,25 @@ from apache_beam.io.filesystem import CompressionTypes
 from pipelines import contract, dataset, inputs, outputs, transforms
 
 
-class WriteMetadata(beam.DoFn):
-    """Writes metadata.json once every split's shards are final."""
+def count_written(path: str):
+    """A written file -> (its place, the records or lines it holds)."""
+    place = path.replace("\\", "/").rstrip("/").split("/")[-2]
+    if place == contract.REJECTED_DIR:
+        yield place, outputs.count_lines(path)
+    else:
+        yield place, outputs.count_records(path)
 
-    def __init__(self, path: str, static: contract.RunMetadata):
+
+class WriteMetadata(beam.DoFn):
+    """Writes metadata.json once every file is final and counted."""
+
+    def __init__(self, path: str, static: contract.RunMetadata, listing_skipped: int):
         self._path = path
         self._static = static
+        self._listing_skipped = listing_skipped
 
-    def process(self, _, examples, rejected, skipped, background, shards, background_shards):
+    def process(self, _, examples, rejected, skipped, background, shards, background_shards,
+                listed, written):
         counts = {split: {} for split in contract.SPLITS}
         for (split, label), count in examples.items():
             counts[split][label] = count
@@ -33,15 +49,16 @@ class WriteMetadata(beam.DoFn):
         silence = (sum(count for (_, label), count in examples.items()
                        if label == dataset.SILENCE_LABEL)
                    if self._static.silence_percent is not None else 0)
-        written = sum(examples.values()) - silence
         metadata = dataclasses.replace(
-            self._static, counts=counts, examples_written=written, silence_written=silence,
+            self._static, counts=counts, silence_written=silence,
+            examples_written=sum(examples.values()) - silence,
             rejected_by_reason=dict(rejected), skipped_by_reason=dict(skipped),
             background_recordings=background,
-            files_read=(written + background + sum(rejected.values())
-                        + sum(skipped.values())),
+            files_read=listed + self._listing_skipped,
             shards=tuple(shards),
-            background_shards=tuple(background_shards) if background else ())
+            background_shards=tuple(background_shards) if background else (),
+            records_in_shards={place: written.get(place, 0) for place in
+                               contract.SPLITS + (contract.BACKGROUND, contract.REJECTED_DIR)})
         outputs.write_text(self._path, metadata.to_json())
         yield self._path
 
@@ -84,14 +101,15 @@ def add_keyword_classes(results, config: transforms.FeaturizeConfig,
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: transforms.FeaturizeConfig,
-                   metadata: contract.RunMetadata, output_dir: str,
-                   num_shards: int = 0) -> None:
+                   metadata: contract.RunMetadata, listing: inputs.Listing,
+                   output_dir: str, num_shards: int = 0) -> None:
     """Adds the preprocessing graph to `pipeline`.
 
     Args:
       pipeline: the pipeline to add to.
       config: how each file is featurised (data folder, labels, split, ...).
       metadata: the run's settings; its counts are filled in by the graph's last step.
+      listing: the data folder's patterns and the entries skipped while listing it.
       output_dir: where the run is written.
       num_shards: shards per split (0: chosen by the runner).
     """
@@ -104,13 +122,17 @@ def build_pipeline(pipeline: beam.Pipeline, config: transforms.FeaturizeConfig,
     tags = [transforms.REJECTED, transforms.SKIPPED, transforms.BACKGROUND]
     tags += [transforms.UNKNOWN] if config.unknown else []
     tags += [transforms.NOISE] if config.noise else []
-    results = (pipeline
-               | "List" >> transforms.MatchPatterns(inputs.input_patterns(config.data_dir))
+    paths, bad_names, listed = pipeline | "List" >> transforms.ListFiles(listing.patterns)
+    results = (paths
                | "Featurize" >> beam.ParDo(transforms.FeaturizeFile(config))
                .with_outputs(*tags, main="examples"))
     examples, rejected, skipped = results.examples, results.rejected, results.skipped
     if keyword:
         examples, rejected, skipped = add_keyword_classes(results, config, metadata)
+    rejected = (rejected, bad_names) | "AllRejectedNames" >> beam.Flatten()
+    if listing.skipped:
+        skipped = ((skipped, pipeline | "ListingSkipped" >> beam.Create(
+            [reason for _, reason in listing.skipped])) | "AllSkippedEntries" >> beam.Flatten())
 
     by_split = examples | "Route" >> beam.Partition(
         lambda example, _: contract.SPLITS.index(example[0]), len(contract.SPLITS))
@@ -129,10 +151,10 @@ def build_pipeline(pipeline: beam.Pipeline, config: transforms.FeaturizeConfig,
                       file_name_suffix=contract.SHARD_SUFFIX, num_shards=1))
     background_count = (results.background
                         | "CountBackground" >> beam.combiners.Count.Globally())
-    (rejected
-     | "WriteRejected" >> beam.io.WriteToText(
-         f"{out}/{contract.REJECTED_DIR}/{contract.REJECTED_PREFIX}",
-         file_name_suffix=contract.REJECTED_SUFFIX))
+    rejected_files = (rejected
+                      | "WriteRejected" >> beam.io.WriteToText(
+                          f"{out}/{contract.REJECTED_DIR}/{contract.REJECTED_PREFIX}",
+                          file_name_suffix=contract.REJECTED_SUFFIX))
 
     example_counts = (examples
                       | "KeyExamples" >> beam.Map(lambda example: (example[0], example[1]))
@@ -142,13 +164,19 @@ def build_pipeline(pipeline: beam.Pipeline, config: transforms.FeaturizeConfig,
                        | "CountRejected" >> beam.combiners.Count.PerElement())
     skipped_counts = skipped | "CountSkipped" >> beam.combiners.Count.PerElement()
     shard_files = written | "AllShards" >> beam.Flatten()
+    written_counts = ((shard_files, background, rejected_files)
+                      | "AllWritten" >> beam.Flatten()
+                      | "CountWritten" >> beam.FlatMap(count_written)
+                      | "SumWritten" >> beam.CombinePerKey(sum))
     (pipeline
      | "Once" >> beam.Create([None])
      | "WriteMetadata" >> beam.ParDo(
-         WriteMetadata(f"{out}/{contract.METADATA_FILE}", metadata),
+         WriteMetadata(f"{out}/{contract.METADATA_FILE}", metadata, len(listing.skipped)),
          examples=beam.pvalue.AsDict(example_counts),
          rejected=beam.pvalue.AsDict(rejected_counts),
          skipped=beam.pvalue.AsDict(skipped_counts),
          background=beam.pvalue.AsSingleton(background_count),
          shards=beam.pvalue.AsList(shard_files),
-         background_shards=beam.pvalue.AsList(background)))
+         background_shards=beam.pvalue.AsList(background),
+         listed=beam.pvalue.AsSingleton(listed),
+         written=beam.pvalue.AsDict(written_counts)))

@@ -19,8 +19,10 @@ import json
 import os
 import posixpath
 import re
+import struct
 from typing import NamedTuple
 
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import contract, errors
@@ -144,6 +146,42 @@ def read_text(path: str) -> str:
 
 
 def read_metadata(output_dir: str) -> contract.RunMetadata:
-    """The metadata.json a finished run wrote."""
+    """The metadata.json a run has just written, as written (its counts are not checked)."""
     return contract.RunMetadata.from_json(
-        read_text(f"{output_dir.rstrip('/')}/{contract.METADATA_FILE}"))
+        read_text(f"{output_dir.rstrip('/')}/{contract.METADATA_FILE}"), check=False)
+
+
+def count_records(path: str) -> int:
+    """Records in one TFRecord file (gzip by its suffix), from the record framing alone.
+
+    Each record is a uint64 length, a 4-byte CRC of it, the data and a 4-byte CRC; an
+    uncompressed file is counted by seeking over the data, without reading it.
+
+    Raises:
+      IOError: the file ends inside a record (cut short).
+    """
+    gzip = path.endswith(contract.GZIP_SUFFIX)
+    size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+    count, position = 0, 0
+    with FileSystems.open(path, compression_type=CompressionTypes.GZIP if gzip
+                          else CompressionTypes.UNCOMPRESSED) as handle:
+        while True:
+            header = handle.read(12)
+            if not header:
+                return count
+            (length,) = struct.unpack("<Q", header.ljust(12, b"\0")[:8])
+            if gzip:
+                whole = len(header) == 12 and len(handle.read(length + 4)) == length + 4
+            else:
+                position += 12 + length + 4
+                whole = len(header) == 12 and position <= size
+                handle.seek(position)
+            if not whole:
+                raise IOError(f"{path}: cut short after {count} records")
+            count += 1
+
+
+def count_lines(path: str) -> int:
+    """Lines in one text file (a rejected/*.jsonl shard)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))

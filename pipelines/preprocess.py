@@ -90,6 +90,9 @@ def check_flags(args: argparse.Namespace, wanted: Optional[list[str]]) -> None:
             raise errors.UserError(f"--{flag.replace('_', '-')} must be in [0, 100)")
     if args.val_percent + args.test_percent >= 100:
         raise errors.UserError("--val-percent + --test-percent must leave room for train")
+    if not inputs.is_utf8(args.output_dir):
+        raise errors.UserError(f"{inputs.printable(args.output_dir)}: output folder name is "
+                               "not valid UTF-8")
     for flag, label in (("unknown_percent", dataset.UNKNOWN_LABEL),
                         ("silence_percent", dataset.SILENCE_LABEL)):
         percent = getattr(args, flag)
@@ -134,9 +137,12 @@ def run(argv: Optional[list[str]] = None) -> contract.RunMetadata:
     args, beam_args = build_parser().parse_known_args(argv)
     wanted = inputs.wanted_labels(args.labels)
     check_flags(args, wanted)
-    labels = inputs.check_inputs(args.data_dir, wanted, args.unknown_percent is not None,
-                                 args.silence_percent is not None)
+    labels, listing = inputs.check_inputs(args.data_dir, wanted,
+                                          args.unknown_percent is not None,
+                                          args.silence_percent is not None)
     outputs.prepare_output(args.output_dir, args.data_dir, args.overwrite)
+    for path, reason in listing.skipped:
+        print(f"skipped {inputs.printable(path)}: {reason}")
     out = args.output_dir.rstrip("/")
     outputs.write_text(f"{out}/{contract.LABELS_FILE}", contract.format_labels(labels))
 
@@ -144,7 +150,7 @@ def run(argv: Optional[list[str]] = None) -> contract.RunMetadata:
     options = PipelineOptions(beam_args)
     with beam.Pipeline(options=options) as pipeline:
         graph.build_pipeline(pipeline, featurize_config(args, labels, wanted), static,
-                             args.output_dir, args.num_shards)
+                             listing, args.output_dir, args.num_shards)
     template = options.view_as(GoogleCloudOptions).template_location
     if template:
         # A Flex Template launch (or a classic template) only writes the job: it runs later.
@@ -153,6 +159,11 @@ def run(argv: Optional[list[str]] = None) -> contract.RunMetadata:
     metadata = outputs.read_metadata(out)
     print(summary.summary_table(metadata))
     print(f"\nwrote {out}/{{train,val,test}}/, {contract.LABELS_FILE}, {contract.METADATA_FILE}")
+    lost = metadata.unaccounted()
+    if lost:
+        # The trainer refuses this metadata.json too (`RunMetadata.from_json`).
+        raise errors.PartialFailure(f"{out}: the counts do not add up, examples were lost "
+                                    f"between steps: {lost[0]}")
     usable = metadata.examples_written + metadata.rejected
     fraction = metadata.rejected / usable if usable else 0.0
     if fraction > args.max_rejected_fraction:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Iterable, Optional
 
 import apache_beam as beam
@@ -17,13 +18,14 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipelines import audio, contract, dataset
+from pipelines import audio, contract, dataset, inputs
 
 REJECTED = "rejected"
 SKIPPED = "skipped"
 BACKGROUND = "background"
 UNKNOWN = "unknown"  # (split, path) of an unknown-word clip, before sampling
 NOISE = "noise"  # path of a background-noise recording that decodes
+NOT_A_FILE = "not a regular file (a FIFO, socket or device would block or fail the read)"
 
 
 def rejection(path: str, reason: str) -> str:
@@ -36,6 +38,11 @@ def read_bytes(path: str) -> bytes:
         return handle.read()
 
 
+def is_readable_file(path: str) -> bool:
+    """False for a local path that is not a regular file (opening a FIFO blocks)."""
+    return "://" in path or os.path.isfile(path)
+
+
 @beam.ptransform_fn
 def MatchPatterns(pipeline, patterns: Iterable[str]):  # pylint: disable=invalid-name
     """Lists every file matching any of `patterns`, spread out for parallel reading."""
@@ -44,6 +51,42 @@ def MatchPatterns(pipeline, patterns: Iterable[str]):  # pylint: disable=invalid
             | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
             | "Paths" >> beam.Map(lambda metadata: metadata.path)
             | "Spread" >> beam.Reshuffle())
+
+
+class _CheckNames(beam.DoFn):
+    """FileMetadata -> its path; a name that is not valid UTF-8 -> `rejected`.
+
+    Such a name (bytes the OS could not decode) cannot be encoded between steps nor
+    stored in the `path` feature, so it is rejected here, before any step boundary.
+    """
+
+    def process(self, metadata):
+        if inputs.is_utf8(metadata.path):
+            yield metadata.path
+        else:
+            yield beam.pvalue.TaggedOutput(
+                REJECTED, rejection(inputs.printable(metadata.path), inputs.NAME_REASON))
+
+
+class ListFiles(beam.PTransform):
+    """Patterns -> (paths spread out for parallel reading, rejected names, files listed).
+
+    The count is taken as the files are listed, before any other step, so that every
+    later outcome can be checked against it.
+    """
+
+    def __init__(self, patterns: Iterable[str]):
+        super().__init__()
+        self._patterns = list(patterns)
+
+    def expand(self, pipeline):
+        listed = (pipeline
+                  | "Patterns" >> beam.Create(self._patterns)
+                  | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW))
+        count = listed | "CountListed" >> beam.combiners.Count.Globally()
+        names = listed | "Names" >> beam.ParDo(_CheckNames()).with_outputs(
+            REJECTED, main="paths")
+        return names.paths | "Spread" >> beam.Reshuffle(), names[REJECTED], count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,12 +149,18 @@ class FeaturizeFile(beam.DoFn):
     def setup(self):
         self._index = {label: i for i, label in enumerate(self._config.labels)}
 
+    def _reject(self, path: str, reason: str):
+        self._rejected.inc()
+        yield beam.pvalue.TaggedOutput(REJECTED, rejection(path, reason))
+
     def _background(self, path: str):
+        if not is_readable_file(path):
+            yield from self._reject(path, NOT_A_FILE)
+            return
         try:
             waveform = audio.decode_wav(path)
         except (audio.AudioError, IOError, OSError) as error:
-            self._rejected.inc()
-            yield beam.pvalue.TaggedOutput(REJECTED, rejection(path, str(error)))
+            yield from self._reject(path, str(error))
             return
         yield beam.pvalue.TaggedOutput(BACKGROUND, contract.serialize_background(waveform, path))
         if self._config.noise:
@@ -134,15 +183,16 @@ class FeaturizeFile(beam.DoFn):
         yield from self._example(path, entry.label)
 
     def _example(self, path: str, label: str):
+        if not is_readable_file(path):
+            yield from self._reject(path, NOT_A_FILE)
+            return
         try:
             clip = audio.featurize(path)
         except audio.AudioError as error:
-            self._rejected.inc()
-            yield beam.pvalue.TaggedOutput(REJECTED, rejection(path, str(error)))
+            yield from self._reject(path, str(error))
             return
         except (IOError, OSError) as error:
-            self._rejected.inc()
-            yield beam.pvalue.TaggedOutput(REJECTED, rejection(path, f"cannot read ({error})"))
+            yield from self._reject(path, f"cannot read ({error})")
             return
         self._written.inc()
         yield (self._config.split_of(path), label,

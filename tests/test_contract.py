@@ -56,14 +56,18 @@ def test_written_and_read_back_through_the_same_object():
     assert again.unaccounted() == []
 
 
-def test_counts_that_do_not_add_up_are_named():
-    lost = contract.RunMetadata.from_dict({
-        **VERSION_1, "files_read": 10,
-        "records_in_shards": {"train": 4, "val": 1, "test": 0}})
-    problems = lost.unaccounted()
-    assert len(problems) == 2
-    assert problems[0].startswith("10 files read but 9 outcomes")
-    assert problems[1] == "train: 4 records in the shards but 5 examples sent to them"
+def test_counts_that_do_not_add_up_are_named_and_refused():
+    data = {**VERSION_1, "files_read": 10,
+            "records_in_shards": {"train": 4, "val": 1, "test": 0, "background": 0,
+                                  "rejected": 2}}
+    problems = contract.RunMetadata.from_dict(data, check=False).unaccounted()
+    assert problems == [
+        "10 files read but 9 outcomes (examples 6 + background noise 0 + rejected 1 + "
+        "skipped 2)",
+        "rejected: 2 records in the shards but 1 rejections sent to them",
+        "train: 4 records in the shards but 5 examples sent to them"]
+    with pytest.raises(ValueError, match="do not add up, examples were lost: 10 files"):
+        contract.RunMetadata.from_dict(data)
 
 
 @pytest.mark.parametrize("field,value", [
