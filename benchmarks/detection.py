@@ -40,7 +40,7 @@ import tensorflow as tf  # noqa: E402
 
 from pipelines import contract  # noqa: E402
 from pipelines.errors import UserError, run_cli  # noqa: E402
-from trainer import detect, detection, streams  # noqa: E402
+from trainer import detect, detection, detection_report, streams  # noqa: E402
 
 RATE = contract.SAMPLE_RATE
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ BUDGETS = (1.0, 6.0, 20.0)  # false accepts per hour at which the test DET curve
 
 def accuracy(job_dirs: list[str], data_dir: str, count: int, seconds: float) -> dict:
     """Streaming metrics of each job at its stored operating point on test streams."""
-    generated = detect.split_streams(data_dir, contract.TEST, count, seconds)
+    generated = detection_report.split_streams(data_dir, contract.TEST, count, seconds)
     rows = {}
     for job_dir in job_dirs:
         scorer = detect.Scorer(job_dir)
@@ -60,7 +60,7 @@ def accuracy(job_dirs: list[str], data_dir: str, count: int, seconds: float) -> 
         if config is None:
             raise UserError(f"{job_dir}: no {detection.CONFIG_FILE} (train a model with "
                             "_unknown_ with python -m trainer.task to choose one)")
-        scored = detect.score_streams(generated, scorer, config)
+        scored = detection_report.score_streams(generated, scorer, config)
         metrics = detection.evaluate(scored, scorer.labels, config)
         curve = detection.det_curve(scored, scorer.labels, config)
         metrics["recall_at"] = {str(budget): detection.best_row(curve, budget)["recall"]
@@ -79,8 +79,8 @@ def accuracy(job_dirs: list[str], data_dir: str, count: int, seconds: float) -> 
 
 def write_stream_wav(path: str, data_dir: str, seconds: float, seed: int = 100) -> None:
     """A test-split stream of `seconds` written in 10-minute pieces (never held whole)."""
-    keywords, unknowns = detect.split_clips(data_dir, contract.TEST)
-    noises = detect.background_recordings(data_dir)
+    keywords, unknowns = detection_report.split_clips(data_dir, contract.TEST)
+    noises = detection_report.background_recordings(data_dir)
     with soundfile.SoundFile(path, "w", RATE, 1, "PCM_16") as wav:
         written, number = 0.0, 0
         while written < seconds:
@@ -146,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", required=True, help="the reference preprocessing run")
     parser.add_argument("--job-dir", action="append", required=True,
                         help="a training job (repeat for several seeds)")
-    parser.add_argument("--streams", type=int, default=detect.NUM_STREAMS)
-    parser.add_argument("--stream-seconds", type=float, default=detect.STREAM_SECONDS)
+    parser.add_argument("--streams", type=int, default=detection_report.NUM_STREAMS)
+    parser.add_argument("--stream-seconds", type=float, default=detection_report.STREAM_SECONDS)
     parser.add_argument("--speed-seconds", type=float, default=600.0)
     parser.add_argument("--skip", nargs="*", default=[], choices=["accuracy", "speed", "memory"])
     parser.add_argument("--output", default=None, help="also write the figures as JSON here")

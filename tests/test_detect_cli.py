@@ -184,3 +184,50 @@ def test_windows_sharing_their_stft_frames_score_as_windows_on_their_own(scorer)
     later = scorer.score_span(stream.audio[5 * config.hop:], 5 * config.hop, 5, count - 5,
                               config)
     np.testing.assert_allclose(later, alone[5:], atol=1e-5)
+
+
+def test_predict_says_a_long_recording_had_only_its_first_second_classified(job, tmp_path,
+                                                                             capsys):
+    from trainer import predict  # pylint: disable=import-outside-toplevel
+    long_wav = write_wav(tmp_path / "long.wav", recording(seconds=4).audio)
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(wavs.sample_clips("yes", 1)[0].read_bytes())
+    predict.run(["--model-dir", str(job), str(long_wav), str(clip)])
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note")]
+    assert notes == [f"note: {long_wav}: 4.0 s long, only its first second was classified "
+                     "(python -m trainer.detect finds keywords anywhere in a recording)"]
+
+
+def test_training_with_unknown_chooses_the_operating_point_and_reports_detection(tmp_path,
+                                                                                capsys):
+    """The training command on a run with _unknown_: detection.json chosen on val streams,
+    streaming metrics and the DET curve on test streams in metrics.json and report.html."""
+    from pipelines import preprocess  # pylint: disable=import-outside-toplevel
+    from trainer import evaluate, task  # pylint: disable=import-outside-toplevel
+    root = wavs.copy_sample(tmp_path / "data", ["yes", "no", "left", "up"], per_label=12)
+    noise = root / "_background_noise_"
+    noise.mkdir()
+    for path in sorted((wavs.SAMPLE / "_background_noise_").glob("*.wav"))[:2]:
+        noise.joinpath(path.name).write_bytes(path.read_bytes())
+    out, job_dir = tmp_path / "out", tmp_path / "job"
+    preprocess.run(["--data-dir", str(root), "--output-dir", str(out), "--labels", "yes,no",
+                    "--unknown-percent", "50", "--silence-percent", "20", "--split",
+                    "random", "--val-percent", "25", "--test-percent", "25"])
+    task.run(["--data-dir", str(out), "--job-dir", str(job_dir), "--model", "tutorial",
+              "--epochs", "1", "--verbose", "0"])
+    config = detect.read_config(str(job_dir / "export"), LABELS)
+    assert config is not None and set(config.thresholds) == {"no", "yes"}
+    assert config.chosen_on["split"] == "val"
+    metrics = json.loads((job_dir / "metrics.json").read_text())
+    streaming = metrics["streaming"]
+    assert streaming["operating_point"]["thresholds"] == config.thresholds
+    test = streaming["test"]
+    assert test["split"] == "test" and test["keywords"] > 0
+    assert 0 <= test["recall"] <= 1 and test["false_accepts_per_hour"] >= 0
+    assert len(test["det_curve"]) == len(detection.THRESHOLD_GRID)
+    assert "DET curve" in (job_dir / "report.html").read_text()
+    assert (job_dir / "det_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Detection on 3 generated test recordings" in capsys.readouterr().out
+    evaluated = evaluate.run(["--data-dir", str(out), "--job-dir", str(job_dir), "--split",
+                              "val", "--streams", "1"])
+    assert evaluated["streaming"]["split"] == "val" and evaluated["streaming"]["streams"] == 1

@@ -21,7 +21,6 @@ others are still processed (exit code 1).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from typing import Iterable, Iterator, NamedTuple, Optional
@@ -234,168 +233,6 @@ def score_audio(samples: np.ndarray, scorer: Scorer, config: detection.Config) -
     return np.concatenate([batch.probabilities for batch in Windows(blocks, scorer, config)])
 
 
-# --- streams from a preprocessing run ---------------------------------------------
-
-STREAM_SECONDS = 600
-NUM_STREAMS = 3
-
-
-def split_clips(data_dir: str, split: str) -> tuple[list, list]:
-    """(keyword (label, clip) pairs, `_unknown_` clips) of one split of a preprocessing run.
-
-    `_silence_` clips are left out: the streams' background is their silence.
-    """
-    from trainer import data  # pylint: disable=import-outside-toplevel
-    files = data.shard_files(data_dir, split)
-    dataset = data.make_dataset(files, 256, False, waveform=True, keep_features=True)
-    keywords, unknowns = [], []
-    for batch in dataset:
-        names = [name.decode() for name in batch[contract.LABEL_NAME].numpy()]
-        waves = batch[contract.WAVEFORM].numpy()
-        for name, wave in zip(names, waves):
-            if name == streams.UNKNOWN:
-                unknowns.append(wave)
-            elif name != streams.SILENCE:
-                keywords.append((name, wave))
-    if not keywords:
-        raise UserError(f"{data_dir}/{split}: no keyword clips to build streams from")
-    if not any(np.any(wave) for _, wave in keywords[:10]):
-        raise UserError(f"{data_dir}: no stored waveforms (preprocess without "
-                        "--no-waveforms to build streams)")
-    return keywords, unknowns
-
-
-def background_recordings(data_dir: str) -> list[np.ndarray]:
-    """The run's background-noise recordings (empty when it has none)."""
-    files = tf.io.gfile.glob(contract.background_pattern(data_dir))
-    if not files:
-        return []
-    compression = "GZIP" if files[0].endswith(contract.GZIP_SUFFIX) else ""
-    return [contract.parse_background(record)[contract.WAVEFORM].numpy()
-            for record in tf.data.TFRecordDataset(files, compression_type=compression)]
-
-
-def split_streams(data_dir: str, split: str, count: int = NUM_STREAMS,
-                  duration_s: float = STREAM_SECONDS, seed: int = 0) -> list:
-    """`count` generated recordings (seeds seed, seed+1, ...) from one split."""
-    keywords, unknowns = split_clips(data_dir, split)
-    noises = background_recordings(data_dir)
-    return [streams.build_stream(keywords, unknowns, noises, duration_s, seed + i)
-            for i in range(count)]
-
-
-def score_streams(generated: list, scorer: Scorer, config: detection.Config) -> list:
-    """ScoredStreams of generated recordings (what the sweeps and metrics work on)."""
-    return [detection.ScoredStream(score_audio(stream.audio, scorer, config),
-                                   len(stream.audio), stream.truth) for stream in generated]
-
-
-def has_unknown(labels: list[str]) -> bool:
-    return streams.UNKNOWN in labels
-
-
-def choose_and_write(job_dir: str, data_dir: str, split: str = contract.VAL,
-                     count: int = NUM_STREAMS, duration_s: float = STREAM_SECONDS,
-                     ) -> tuple[detection.Config, dict]:
-    """Chooses the operating point on `split` streams and writes export/detection.json.
-
-    Returns:
-      (the Config, {smoothing: DET curve on the split's streams}).
-    """
-    scorer = Scorer(job_dir)
-    base = detection.default_config(scorer.labels)
-    scored = score_streams(split_streams(data_dir, split, count, duration_s), scorer, base)
-    config, curves = detection.choose_operating_point(scored, scorer.labels, base)
-    config = dataclasses.replace(config, chosen_on={
-        **config.chosen_on, "split": split, "streams": count, "stream_seconds": duration_s})
-    write_config(scorer.export_dir, config)
-    return config, curves
-
-
-def stream_report(scorer: Scorer, config: detection.Config, data_dir: str, split: str,
-                  count: int = NUM_STREAMS, duration_s: float = STREAM_SECONDS,
-                  seed: int = 0) -> dict:
-    """Streaming metrics at `config` and the DET curve on `split` streams."""
-    scored = score_streams(split_streams(data_dir, split, count, duration_s, seed),
-                           scorer, config)
-    metrics = detection.evaluate(scored, scorer.labels, config)
-    metrics.update({"split": split, "streams": count, "stream_seconds": duration_s,
-                    "seed": seed, "config": detection.config_to_dict(config),
-                    "det_curve": detection.det_curve(scored, scorer.labels, config)})
-    return metrics
-
-
-# --- figures ------------------------------------------------------------------------
-
-def _write_png(figure, path: str) -> None:
-    import io  # pylint: disable=import-outside-toplevel
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=C0415
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent:
-        tf.io.gfile.makedirs(parent)
-    with tf.io.gfile.GFile(path, "wb") as handle:
-        handle.write(buffer.getvalue())
-
-
-def plot_detection(result: Detection, labels: list[str], config: detection.Config,
-                   title: str, path: str) -> None:
-    """Waveform peaks above, smoothed keyword scores below, events marked; a PNG."""
-    from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
-    trace = result.trace
-    figure = Figure(figsize=(12, 5), layout="constrained")
-    wave_ax, score_ax = figure.subplots(2, 1, sharex=True, height_ratios=[1, 2])
-    peaks = trace["peaks"]
-    seconds = np.arange(len(peaks)) / PEAKS_PER_SECOND
-    wave_ax.fill_between(seconds, -peaks, peaks, color="0.4", linewidth=0)
-    wave_ax.set_ylabel("waveform")
-    wave_ax.set_title(str(title).replace("$", r"\$"))
-    for column, label in enumerate(labels):
-        if label in config.thresholds:
-            score_ax.plot(trace["times"], trace["smoothed"][:, column], linewidth=1,
-                          label=label)
-    for event in result.events:
-        for ax in (wave_ax, score_ax):
-            ax.axvline(event.time, color="red", linewidth=0.8, alpha=0.6)
-        score_ax.annotate(event.label, (event.time, 1.02), rotation=90, fontsize=7,
-                          ha="center", va="bottom", annotation_clip=False)
-    thresholds = sorted(set(config.thresholds.values()))
-    for threshold in thresholds:
-        score_ax.axhline(threshold, color="black", linestyle="--", linewidth=0.8)
-    score_ax.set_ylim(0, 1.1)
-    score_ax.set_xlabel("seconds (a score is drawn at the end of its window)")
-    score_ax.set_ylabel(f"smoothed score ({config.smoothing} windows)")
-    score_ax.legend(loc="upper right", fontsize=7, ncol=min(len(config.thresholds), 5))
-    _write_png(figure, path)
-
-
-def plot_det_curve(curves: dict, path: str, chosen: Optional[dict] = None) -> None:
-    """Miss rate against false accepts per hour, one line per curve; a PNG.
-
-    Args:
-      curves: name -> rows of `detection.det_curve`.
-      path: where the PNG goes.
-      chosen: a row (false_accepts_per_hour, miss_rate) to mark as the operating point.
-    """
-    from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
-    figure = Figure(figsize=(6, 4.5), layout="constrained")
-    ax = figure.subplots()
-    for name, rows in curves.items():
-        ax.plot([row["false_accepts_per_hour"] for row in rows],
-                [row["miss_rate"] for row in rows], marker=".", label=str(name))
-    if chosen:
-        ax.plot([chosen["false_accepts_per_hour"]], [chosen["miss_rate"]], "r*",
-                markersize=12, label="operating point")
-    ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_xlabel("false accepts per hour")
-    ax.set_ylabel("miss rate")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    _write_png(figure, path)
-
-
 # --- command line -------------------------------------------------------------------
 
 def _threshold(text: str) -> float:
@@ -431,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 def load_config(scorer: Scorer, model_dir: str, threshold: Optional[float]
                 ) -> detection.Config:
     """The stored operating point (or the default), `threshold` applied; warns on stderr."""
-    if not has_unknown(scorer.labels):
+    if streams.UNKNOWN not in scorer.labels:
         print(f"warning: {model_dir}: the model has no {streams.UNKNOWN} class, so it will "
               "fire on any speech, not only its keywords (train on a run preprocessed "
               "with --unknown-percent)", file=sys.stderr)
@@ -493,7 +330,8 @@ def run(argv: Optional[list[str]] = None) -> list[dict]:
             print(json.dumps(result) if args.json else
                   f"{path}\t{event.time:.2f}\t{event.label}\t{event.score:.3f}", flush=True)
         if found.trace is not None:
-            plot_detection(found, scorer.labels, config, path, args.plot)
+            from trainer import detection_report  # pylint: disable=import-outside-toplevel
+            detection_report.plot_detection(found, scorer.labels, config, path, args.plot)
         if truth is not None:
             match = detection.match_events(found.events, truth)
             metrics = detection.stream_metrics([match], found.num_samples / contract.SAMPLE_RATE)
