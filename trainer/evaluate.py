@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--job-dir", required=True, help="a training run (python -m trainer.task)")
     parser.add_argument("--split", choices=contract.SPLITS, default=contract.TEST)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--streams", type=int, default=0, metavar="N",
+                        help="also detect keywords in N long recordings generated from the "
+                             "split (recall, false accepts per hour, DET curve)")
     return parser
 
 
@@ -85,8 +88,15 @@ def run(argv: Optional[list[str]] = None) -> dict:
     dataset = data.make_dataset(files, args.batch_size, False)
     metrics = evaluate_split(net, dataset, files, data_labels, args.split)
     metrics["data_dir"] = args.data_dir
+    if args.streams > 0:
+        from trainer import detection_report  # pylint: disable=import-outside-toplevel
+        metrics["streaming"] = detection_report.evaluate_streams(
+            job_dir, args.data_dir, args.split, args.streams)
+        metrics["streaming"]["summary"] = detection_report.format_split(metrics["streaming"])
     writer.write_json(f"{job_dir}/eval_{args.split}.json", metrics)
     print(classification.format_metrics(metrics))
+    if "streaming" in metrics:
+        print(f"\n{metrics['streaming']['summary']}")
     print(f"\nwrote {job_dir}/eval_{args.split}.json")
     return metrics
 

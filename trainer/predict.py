@@ -43,7 +43,7 @@ class Predictor:
 
     def probabilities(self, data: bytes) -> np.ndarray:
         """WAV bytes -> probabilities over `labels` (raises AudioError)."""
-        waveform = audio.decode_wav(data)
+        waveform = audio.decode_clip(data)[0]  # the first second
         if isinstance(self.model, litert.LiteRTModel):
             return self.model.probabilities(waveform)
         outputs = self._serve(waveform=tf.constant(waveform[None, :]))
@@ -58,6 +58,18 @@ def top_k(probabilities: np.ndarray, labels: list[str], k: int) -> list[tuple[st
 def read(path: str) -> bytes:
     with tf.io.gfile.GFile(path, "rb") as handle:
         return handle.read()
+
+
+LONG_RECORDING_SECONDS = 1.5
+
+
+def note_if_long(path: str, data: bytes) -> None:
+    """Says on stderr that a recording longer than a clip had only its start classified."""
+    seconds = audio.probe(data).duration
+    if seconds > LONG_RECORDING_SECONDS:
+        print(f"note: {path}: {seconds:.1f} s long, only its first second was classified "
+              "(python -m trainer.detect finds keywords anywhere in a recording)",
+              file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +94,8 @@ def run(argv: Optional[list[str]] = None) -> list[dict]:
     results, failed = [], []
     for path in args.files:
         try:
-            probabilities = predictor.probabilities(read(path))
+            data = read(path)
+            probabilities = predictor.probabilities(data)
         except audio.AudioError as error:
             failed.append(path)
             print(f"error: {path}: {error}", file=sys.stderr)
@@ -92,6 +105,7 @@ def run(argv: Optional[list[str]] = None) -> list[dict]:
             print(f"error: {path}: cannot read ({error.message.splitlines()[0]})",
                   file=sys.stderr)
             continue
+        note_if_long(path, data)
         best = top_k(probabilities, predictor.labels, max(args.top_k, 1))
         result = {"path": path, "label": best[0][0], "probability": best[0][1],
                   "top_k": [{"label": label, "probability": p} for label, p in best],

@@ -33,6 +33,7 @@ import tensorflow as tf  # noqa: E402
 from pipelines import contract  # noqa: E402
 from pipelines.errors import PartialFailure, UserError, run_cli  # noqa: E402
 from trainer import backup, data, evaluate, export, litert, models, training  # noqa: E402
+from trainer import detection_report  # noqa: E402
 from trainer.report import metrics as classification, writer  # noqa: E402
 
 HISTORY_CSV = "history.csv"
@@ -161,6 +162,9 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
         "counts": {split: sizes[split] for split in contract.SPLITS},
         "settings": settings, "export_dir": export_dir,
     })
+    if detection_report.wanted_after_training(labels, metadata.waveforms):
+        metrics["streaming"] = detection_report.evaluate_after_training(job_dir, args.data_dir)
+        print(detection_report.format_streaming(metrics["streaming"]))
     writer.write_json(f"{job_dir}/metrics.json", metrics)
     writer.write_json(f"{job_dir}/history.json", history)
     print(classification.format_metrics(metrics))
