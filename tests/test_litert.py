@@ -11,7 +11,8 @@ import tensorflow as tf
 from pipelines import contract, preprocess
 from benchmarks import litert as benchmark
 from tests import wavs
-from trainer import data, detect, detection, export, features, litert, models, predict, task
+from trainer import (data, detect, detection, export, features, litert, litert_stream, models,
+                     predict, task)
 
 LABELS = ["no", "up", "yes"]
 
@@ -59,6 +60,7 @@ def kws_export(data_dir, tmp_path_factory):
     export.export_model(serving, LABELS, str(export_dir))
     paths = litert.write_litert_models(serving, LABELS, str(export_dir), train.waveforms)
     assert set(paths) == {"float", "int8"}
+    litert_stream.write_stream_models(serving, str(export_dir), train.waveforms)
     return export_dir
 
 
@@ -195,6 +197,9 @@ def test_default_training_run_writes_both_files(trained_job):
     for name in (litert.FLOAT_FILE, litert.INT8_FILE):
         model = litert.LiteRTModel(str(trained_job / export.EXPORT_DIR / name))
         assert model.num_labels == len(LABELS)
+    for name in (litert_stream.FLOAT_FILE, litert_stream.INT8_FILE):
+        stream = litert_stream.StreamingModel(str(trained_job / export.EXPORT_DIR / name))
+        assert stream.step(np.zeros(litert_stream.FRAME_SAMPLES)).shape == (len(LABELS),)
     assert litert.job_model_name(str(trained_job)) == models.DEFAULT_MODEL
 
 
@@ -248,3 +253,31 @@ def test_detect_engines_score_a_recording_alike(kws_export, tmp_path, capsys):
               for engine in ("savedmodel", "tflite")}
     assert [(e["label"], e["time"]) for e in events["tflite"]] == \
         [(e["label"], e["time"]) for e in events["savedmodel"]]
+
+
+def test_streaming_models_give_the_clip_models_scores_on_every_call(kws_export):
+    clips = [wavs.read_clip(path)[0] for label in ("yes", "up") for path in
+             wavs.sample_clips(label, 1)]
+    samples = np.concatenate([clips[0][:9000], clips[1], np.zeros(3000)]).astype(np.float32)
+    calls = len(samples) // litert_stream.FRAME_SAMPLES
+    heard = np.concatenate([np.zeros(contract.CLIP_SAMPLES, np.float32), samples])
+    for stream_file, clip_file in ((litert_stream.FLOAT_FILE, litert.FLOAT_FILE),
+                                   (litert_stream.INT8_FILE, litert.INT8_FILE)):
+        stream = litert_stream.StreamingModel(str(kws_export / stream_file))
+        clip_model = litert.LiteRTModel(str(kws_export / clip_file))
+        for call in range(calls):
+            ours = stream.step(samples[call * litert_stream.FRAME_SAMPLES:
+                                       (call + 1) * litert_stream.FRAME_SAMPLES])
+            end = contract.CLIP_SAMPLES + (call + 1) * litert_stream.FRAME_SAMPLES
+            # The clip model on the last second heard, silence before the start.
+            expected = clip_model.probabilities(heard[end - contract.CLIP_SAMPLES:end])
+            np.testing.assert_allclose(ours, expected, atol=1e-4 if "int8" not in stream_file
+                                       else 1e-3, err_msg=f"{stream_file}, call {call}")
+    ops = litert.op_types((kws_export / litert_stream.INT8_FILE).read_bytes())
+    assert ("CONV_2D", "INT8", "INT8") in ops and ("RFFT2D", "FLOAT32", "COMPLEX64") in ops
+    stream.reset()  # back to silence: the first call scores as at the start
+    np.testing.assert_allclose(stream.step(samples[:litert_stream.FRAME_SAMPLES]),
+                               clip_model.probabilities(heard[litert_stream.FRAME_SAMPLES:
+                                                              contract.CLIP_SAMPLES
+                                                              + litert_stream.FRAME_SAMPLES]),
+                               atol=1e-3)

@@ -20,7 +20,9 @@ XLA-compiled export signature) and run with the LiteRT interpreter (`ai-edge-lit
     model = litert.LiteRTModel("JOB/export/model_int8.tflite")
     probabilities = model.probabilities(waveform)   # float32 [samples] -> [num_labels]
 
-Convert an existing job (e.g. one trained before these files existed)::
+A training run (`export_run`) also writes the streaming variants, 32 ms of audio per
+call (`trainer.litert_stream`). Convert an existing job (e.g. one trained before these
+files existed)::
 
     python -m trainer.litert --job-dir JOB --data-dir OUT
 """
@@ -71,17 +73,21 @@ assert contract.FFT_LENGTH == 2 * contract.FRAME_STEP
 assert BLOCKS - 1 == contract.NUM_FRAMES
 
 
+def hops_magnitude(hops: tf.Tensor) -> tf.Tensor:
+    """[batch, n + 1, 128] consecutive hops -> [batch, n, 129] |STFT| of the n frames."""
+    frames = tf.concat([hops[:, :-1], hops[:, 1:]], axis=-1)
+    window = tf.concat([tf.signal.hann_window(contract.FRAME_LENGTH),
+                        tf.zeros([contract.FFT_LENGTH - contract.FRAME_LENGTH])], axis=0)
+    return tf.abs(tf.signal.rfft(frames * window, [contract.FFT_LENGTH]))
+
+
 def stft_magnitude(clips: tf.Tensor) -> tf.Tensor:
     """[batch, 16000] float32 -> [batch, 124, 129] |STFT|, as `features.stft_magnitude`.
 
     Frames are built from reshaped hops rather than by `tf.signal.frame`, whose
     gather indices would add a 124 x 255 int32 constant (126 KB) to the file.
     """
-    hops = tf.reshape(clips, [-1, BLOCKS, contract.FRAME_STEP])
-    frames = tf.concat([hops[:, :-1], hops[:, 1:]], axis=-1)
-    window = tf.concat([tf.signal.hann_window(contract.FRAME_LENGTH),
-                        tf.zeros([contract.FFT_LENGTH - contract.FRAME_LENGTH])], axis=0)
-    return tf.abs(tf.signal.rfft(frames * window, [contract.FFT_LENGTH]))
+    return hops_magnitude(tf.reshape(clips, [-1, BLOCKS, contract.FRAME_STEP]))
 
 
 def split_front_end(model: keras.Model) -> tuple[list[keras.layers.Layer], keras.Model]:
@@ -98,6 +104,28 @@ def split_front_end(model: keras.Model) -> tuple[list[keras.layers.Layer], keras
     return front, keras.Model(front[-1].output, model.output, name=f"{model.name}_network")
 
 
+def frozen(function: tf.types.experimental.PolymorphicFunction
+           ) -> tf.types.experimental.ConcreteFunction:
+    """`function` (one input signature, a dict out) with its weights made constants."""
+    concrete = function.get_concrete_function()
+    names = sorted(concrete.structured_outputs)
+    constant = convert_to_constants.convert_variables_to_constants_v2(concrete)
+
+    # Freezing drops the outputs' names (it returns them in sorted order); calling the
+    # frozen function again restores them.
+    @tf.function(input_signature=function.input_signature)
+    def named(*inputs):
+        return dict(zip(names, constant(*inputs)))
+
+    return named.get_concrete_function()
+
+
+def apply_front_end(front: list[keras.layers.Layer], magnitude: tf.Tensor) -> tf.Tensor:
+    for layer in front:
+        magnitude = layer(magnitude)
+    return magnitude
+
+
 def clip_function(model: keras.Model) -> tf.types.experimental.ConcreteFunction:
     """The serving model on one clip, weights frozen into constants.
 
@@ -110,20 +138,10 @@ def clip_function(model: keras.Model) -> tf.types.experimental.ConcreteFunction:
                                                 name=INPUT)])
     def probabilities(waveform):
         with tf.name_scope(FRONT_END):
-            features = stft_magnitude(waveform)
-            for layer in front:
-                features = layer(features)
+            features = apply_front_end(front, stft_magnitude(waveform))
         return {OUTPUT: tf.nn.softmax(network(features, training=False), axis=-1)}
 
-    frozen = convert_to_constants.convert_variables_to_constants_v2(
-        probabilities.get_concrete_function())
-
-    # Freezing drops the output's name; calling the frozen function again restores it.
-    @tf.function(input_signature=probabilities.input_signature)
-    def named(waveform):
-        return {OUTPUT: frozen(waveform)[0]}
-
-    return named.get_concrete_function()
+    return frozen(probabilities)
 
 
 def _converter(function) -> tf.lite.TFLiteConverter:
@@ -149,14 +167,27 @@ def convert_int8(model: keras.Model, representative_clips: np.ndarray,
     Returns:
       The flatbuffer: float32 input and output, int8 in between (see `op_types`).
     """
-    if front_end not in FRONT_END_MODES:
-        raise ValueError(f"front_end must be one of {FRONT_END_MODES}, not {front_end!r}")
     clips = np.asarray(representative_clips, np.float32).reshape(-1, contract.CLIP_SAMPLES)
     if not len(clips):
         raise ValueError("no representative clips to calibrate on")
-    converter = _converter(clip_function(model))
+    return quantize(clip_function(model), lambda: ({INPUT: clip[None, :]} for clip in clips),
+                    front_end)
+
+
+def quantize(function: tf.types.experimental.ConcreteFunction, representative_inputs,
+             front_end: str = "float") -> bytes:
+    """Full-integer conversion of a frozen function (see `convert_int8`).
+
+    Args:
+      function: from `frozen`.
+      representative_inputs: a callable returning an iterable of {input name: array}.
+      front_end: "float" or "int8", as in `convert_int8`.
+    """
+    if front_end not in FRONT_END_MODES:
+        raise ValueError(f"front_end must be one of {FRONT_END_MODES}, not {front_end!r}")
+    converter = _converter(function)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([clip[None, :]] for clip in clips)
+    converter.representative_dataset = representative_inputs
     # Integer kernels where they exist, float ones for the rest (RFFT2D, COMPLEX_ABS).
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                            tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -167,11 +198,9 @@ def convert_int8(model: keras.Model, representative_clips: np.ndarray,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the debugger's own TF interpreter is deprecated
         debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter, debug_dataset=converter.representative_dataset)
-        front = [name for name in op_output_names(debugger.calibrated_model)
-                 if name.startswith(f"{FRONT_END}/")]
+            converter=converter, debug_dataset=representative_inputs)
         debugger.options = tf.lite.experimental.QuantizationDebugOptions(
-            denylisted_nodes=front)
+            denylisted_nodes=float_nodes(debugger.calibrated_model))
         return debugger.get_nondebug_quantized_model()
 
 
@@ -190,7 +219,8 @@ def write_litert_models(model: keras.Model, labels: list[str], export_dir: str,
     Returns:
       {"float": path, "int8": path}, without "int8" when there were no clips.
     """
-    outputs = int(model.output.shape[-1])
+    # A Sequential model reloaded or resumed may have no symbolic output: ask for the shape.
+    outputs = int(model.compute_output_shape((1,) + contract.SPECTROGRAM_SHAPE)[-1])
     if outputs != len(labels):
         raise ValueError(f"the model has {outputs} outputs but there are {len(labels)} labels")
     export_dir = export_dir.rstrip("/")
@@ -212,18 +242,26 @@ def write_litert_models(model: keras.Model, labels: list[str], export_dir: str,
 
 def export_run(model: keras.Model, labels: list[str], export_dir: str, data_dir: str,
                seed: int = 42, count: int = CALIBRATION_CLIPS) -> dict[str, str]:
-    """`write_litert_models` for a training run: calibrated on its training clips.
+    """The LiteRT files of a training run, int8 calibrated on its training clips.
 
-    A run preprocessed with --no-waveforms has no clips to calibrate on: it gets the
-    float model and a note.
+    Writes the clip models (`write_litert_models`) and the streaming ones
+    (`trainer.litert_stream`). A run preprocessed with --no-waveforms has no clips to
+    calibrate on: it gets the float models and a note.
+
+    Returns:
+      {"float", "int8", "stream_float", "stream_int8": path}, without the int8 ones
+      when there were no clips.
     """
+    from trainer import litert_stream  # pylint: disable=import-outside-toplevel  # imports us
     clips = None
     if data.read_metadata(data_dir).get("waveforms", False):
         clips = representative_clips(data_dir, count, seed)
     else:
         print(f"note: {data_dir} stores no waveforms (--no-waveforms), so there are no "
-              f"clips to calibrate {INT8_FILE} on; writing {FLOAT_FILE} only")
-    return write_litert_models(model, labels, export_dir, clips)
+              f"clips to calibrate the int8 models on; writing the float ones only")
+    paths = write_litert_models(model, labels, export_dir, clips)
+    streaming = litert_stream.write_stream_models(model, export_dir, clips)
+    return paths | {f"stream_{kind}": path for kind, path in streaming.items()}
 
 
 def representative_sample(dataset: tf.data.Dataset, count: int = CALIBRATION_CLIPS
@@ -323,6 +361,25 @@ def op_output_names(content: bytes) -> list[str]:
             for i in range(graph.OperatorsLength())]
 
 
+def float_nodes(content: bytes) -> list[str]:
+    """Ops kept float in the int8 model: the front end, and those that write an output
+    other than the probabilities (a streaming model's state, passed back unchanged)."""
+    model = _model(content)
+    graph = model.Subgraphs(0)
+    state = set()
+    if model.SignatureDefsLength():
+        signature = model.SignatureDefs(0)
+        state = {signature.Outputs(i).TensorIndex() for i in range(signature.OutputsLength())
+                 if signature.Outputs(i).Name().decode() != OUTPUT}
+    names = []
+    for i in range(graph.OperatorsLength()):
+        output = graph.Operators(i).Outputs(0)
+        name = graph.Tensors(output).Name().decode()
+        if name.startswith(f"{FRONT_END}/") or output in state:
+            names.append(name)
+    return names
+
+
 def op_types(content: bytes) -> list[tuple[str, str, str]]:
     """(op, input dtype, output dtype) of every op in execution order, e.g. CONV_2D, INT8."""
     model = _model(content)
@@ -414,7 +471,8 @@ def job_model_name(job_dir: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.litert",
                                      description="Writes a training job's LiteRT models "
-                                                 f"(export/{FLOAT_FILE}, export/{INT8_FILE}).")
+                                                 f"(export/{FLOAT_FILE}, export/{INT8_FILE} "
+                                                 "and the streaming ones).")
     parser.add_argument("--job-dir", required=True, help="a training job (model.keras, export/)")
     parser.add_argument("--data-dir", required=True,
                         help="the preprocessing run it was trained on (calibration clips)")
@@ -433,7 +491,9 @@ def run(argv: Optional[list[str]] = None) -> dict[str, str]:
         parser.error("--clips must be at least 1")
     job_dir = args.job_dir.rstrip("/")
     export_dir = artifacts.export_dir_of(job_dir)
-    existing = [name for name in (FLOAT_FILE, INT8_FILE)
+    from trainer import litert_stream  # pylint: disable=import-outside-toplevel
+    existing = [name for name in (FLOAT_FILE, INT8_FILE, litert_stream.FLOAT_FILE,
+                                  litert_stream.INT8_FILE)
                 if tf.io.gfile.exists(f"{export_dir}/{name}")]
     if existing and not args.overwrite:
         raise UserError(f"{export_dir}: already holds {', '.join(existing)} (use --overwrite "
@@ -444,7 +504,7 @@ def run(argv: Optional[list[str]] = None) -> dict[str, str]:
     paths = export_run(models.get_recipe(model_name).serving_model(net), labels, export_dir,
                        args.data_dir, count=args.clips)
     for kind, path in paths.items():
-        print(f"{kind:<6}{path}")
+        print(f"{kind:<13}{path}")
     return paths
 
 
