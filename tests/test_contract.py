@@ -111,3 +111,20 @@ def test_the_trainer_refuses_a_run_made_with_frame_length_256(tmp_path, capsys):
     assert code == 2 and len(err) == 1
     assert str(run / contract.METADATA_FILE) in err[0] and "frame_length 256" in err[0]
     assert not (tmp_path / "job").exists()
+
+
+def test_the_trainer_refuses_a_run_whose_shards_hold_fewer_records(tmp_path, capsys):
+    from pipelines import preprocess
+    from tests import wavs
+    from trainer import task
+    run = tmp_path / "data"
+    preprocess.run(["--data-dir", str(wavs.copy_sample(tmp_path / "clips", ["no", "yes"], 3)),
+                    "--output-dir", str(run), "--split", "random", "--val-percent", "30",
+                    "--test-percent", "30"])
+    metadata = json.loads((run / contract.METADATA_FILE).read_text())
+    metadata["records_in_shards"]["train"] -= 1  # what an element lost on the way leaves
+    (run / contract.METADATA_FILE).write_text(json.dumps(metadata))
+    code = task.main(["--data-dir", str(run), "--job-dir", str(tmp_path / "job")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "counts do not add up, examples were lost: train:" in err[0]

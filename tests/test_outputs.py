@@ -171,3 +171,38 @@ def test_a_killed_run_is_recognised_and_replaced(clips, tmp_path, capsys):
     assert not found.foreign and not found.temp_dirs
     assert found.owned == sorted(str(out / name) for name in snapshot(out))
     assert set(metadata.shards) <= set(found.owned)
+
+
+# --- what was written, counted back -------------------------------------------------
+
+@pytest.mark.parametrize("compression,suffix", [("", ".tfrecord"), ("GZIP", ".tfrecord.gz")])
+def test_count_records_agrees_with_tensorflows_reader(tmp_path, compression, suffix):
+    import tensorflow as tf
+    path = str(tmp_path / f"data-00000-of-00001{suffix}")
+    records = [b"", b"x" * 70_000, b"short", bytes(range(256)) * 300]
+    with tf.io.TFRecordWriter(path, options=compression or None) as writer:
+        for record in records:
+            writer.write(record)
+    assert outputs.count_records(path) == len(records) == sum(
+        1 for _ in tf.data.TFRecordDataset(path, compression_type=compression))
+
+
+def test_count_records_refuses_a_shard_cut_short(tmp_path):
+    import tensorflow as tf
+    path = tmp_path / "data-00000-of-00001.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for _ in range(3):
+            writer.write(b"y" * 1000)
+    whole = path.read_bytes()
+    for cut in (len(whole) - 1, len(whole) - 1004, 5):
+        path.write_bytes(whole[:cut])
+        with pytest.raises(IOError, match="cut short after"):
+            outputs.count_records(str(path))
+    path.write_bytes(b"")
+    assert outputs.count_records(str(path)) == 0
+
+
+def test_count_lines(tmp_path):
+    path = tmp_path / "rejected-00000-of-00001.jsonl"
+    path.write_text('{"path": "a"}\n{"path": "b"}\n')
+    assert outputs.count_lines(str(path)) == 2

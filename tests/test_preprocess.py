@@ -12,7 +12,7 @@ import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines import audio, contract, dataset, preprocess, transforms
+from pipelines import audio, contract, dataset, graph, preprocess, transforms
 from tests import wavs
 
 LABELS = ["no", "up", "yes"]
@@ -205,3 +205,43 @@ def test_unknown_label_is_refused(data_dir, tmp_path, capsys):
     code = preprocess.main(["--data-dir", str(data_dir), "--output-dir", str(tmp_path / "o"),
                             "--labels", "yes,nope"])
     assert code == 2 and "no .wav files for label(s) nope" in capsys.readouterr().err
+
+
+def test_metadata_step_names_a_place_whose_files_hold_fewer_records(tmp_path):
+    """WriteMetadata's counts from the listing and from the written files, side by side."""
+    static = contract.RunMetadata(labels=("no", "yes"), data_dir="d",
+                                  split=contract.SplitSettings("speaker", 10.0, 10.0))
+    path = tmp_path / "metadata.json"
+    with TestPipeline() as pipeline:
+        def side(label, values, view=beam.pvalue.AsDict):
+            return view(pipeline | label >> beam.Create(values))
+        _ = (pipeline
+             | beam.Create([None])
+             | beam.ParDo(
+                 graph.WriteMetadata(str(path), static, listing_skipped=1),
+                 examples=side("E", [(("train", "no"), 3), (("val", "yes"), 1)]),
+                 rejected=side("R", [("empty file", 1)]),
+                 skipped=side("S", [("broken symlink", 1)]),
+                 background=side("B", [0], beam.pvalue.AsSingleton),
+                 shards=side("F", ["t0"], beam.pvalue.AsList),
+                 background_shards=side("G", [], beam.pvalue.AsList),
+                 listed=side("L", [5], beam.pvalue.AsSingleton),
+                 written=side("W", [("train", 2), ("val", 1), ("rejected", 1)])))
+    metadata = contract.RunMetadata.from_json(path.read_text(), check=False)
+    assert metadata.files_read == 6 and metadata.examples_written == 4
+    assert metadata.records_in_shards == {"train": 2, "val": 1, "test": 0, "background": 0,
+                                          "rejected": 1}
+    assert metadata.unaccounted() == [
+        "train: 2 records in the shards but 3 examples sent to them"]
+
+
+def test_a_run_counts_its_written_records_back(data_dir, tmp_path):
+    out = tmp_path / "out"
+    metadata = preprocess.run(["--data-dir", str(data_dir), "--output-dir", str(out),
+                               "--max-rejected-fraction", "1", "--compression", "gzip"])
+    for split in contract.SPLITS:
+        assert metadata.records_in_shards[split] == len(read_split(out, split)) \
+            == metadata.split_total(split)
+    assert metadata.records_in_shards["background"] == 1
+    assert metadata.records_in_shards["rejected"] == 6
+    assert metadata.unaccounted() == []
