@@ -12,6 +12,8 @@ export/model_int8.tflite of one training job, on one CPU thread each:
   SavedModel's measured in the same rounds;
 - test accuracy over the whole test split, the label agreement with the SavedModel and
   the largest probability difference from it;
+- the streaming files' time per 32 ms call, when the job has them (their scores are
+  the clip models' on the last second, tests/test_litert.py);
 - the int8 model's tensor arena (`trainer.litert.arena_bytes`) and which ops run in
   which type.
 
@@ -41,7 +43,7 @@ import tensorflow as tf  # noqa: E402
 
 from pipelines import contract  # noqa: E402
 from pipelines.errors import UserError, run_cli  # noqa: E402
-from trainer import artifacts, data, litert, models  # noqa: E402
+from trainer import artifacts, data, litert, litert_stream, models  # noqa: E402
 
 SAVEDMODEL = "savedmodel"
 FRONT_END_INT8 = "tflite-int8, int8 front end"
@@ -165,6 +167,14 @@ def run(argv: Optional[list[str]] = None) -> dict:
 
     probabilities = {name: np.stack([engine(clip) for clip in waveforms])
                      for name, engine in engines.items()}
+    streams = {}  # per 32 ms call, on each clip's last 512 samples
+    for kind, name in (("stream", litert_stream.FLOAT_FILE),
+                       ("stream-int8", litert_stream.INT8_FILE)):
+        if tf.io.gfile.exists(f"{export_dir}/{name}"):
+            model = litert_stream.StreamingModel(f"{export_dir}/{name}")
+            streams[kind] = lambda clip, step=model.step: step(
+                clip[-litert_stream.FRAME_SAMPLES:])
+            sizes[kind] = len(model.content)
     reference = probabilities[SAVEDMODEL]
     quality = {name: {
         "accuracy": float((p.argmax(axis=1) == truth).mean()),
@@ -172,7 +182,7 @@ def run(argv: Optional[list[str]] = None) -> dict:
         "max_abs_diff": float(np.abs(p - reference).max())}
         for name, p in probabilities.items()}
     clips = waveforms[:args.clips]
-    latency = rotating_latency(engines, clips, args.rounds)
+    latency = rotating_latency(engines | streams, clips, args.rounds)
     base = latency[SAVEDMODEL]["p50_ms"]
 
     print(f"LiteRT engines of {job_dir}: {len(truth)} test clips for accuracy; latency "
@@ -185,6 +195,11 @@ def run(argv: Optional[list[str]] = None) -> dict:
         print(f"  {name:<30}{sizes[name] / 1024:>9.1f}{sizes[name] / sizes[SAVEDMODEL]:>6.2f}x"
               f"{t['p50_ms']:>9.3f}{t['p95_ms']:>9.3f}{t['p50_ms'] / base:>9.2f}x"
               f"{q['accuracy']:>10.4f}{q['agreement']:>8.4f}{q['max_abs_diff']:>10.2e}")
+    for name in streams:
+        t = latency[name]
+        print(f"  {name + ', per 32 ms call':<30}{sizes[name] / 1024:>9.1f}"
+              f"{sizes[name] / sizes[SAVEDMODEL]:>6.2f}x{t['p50_ms']:>9.3f}{t['p95_ms']:>9.3f}"
+              f"{t['p50_ms'] / base:>9.2f}x{'(scores = the clip model on the last second)':>46}")
     arena = litert.arena_bytes(contents["tflite-int8"])
     results = {"sizes": sizes, "latency": latency, "quality": quality, "arena_bytes": arena,
                "test_clips": len(truth), "latency_clips": len(clips)}
