@@ -57,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split-salt", default=dataset.DEFAULT_SPLIT_SALT,
                         help="salt of the speaker hash; '' reproduces TensorFlow's "
                              "which_set() exactly")
-    parser.add_argument("--val-percent", type=float, default=10.0)
-    parser.add_argument("--test-percent", type=float, default=10.0)
+    parser.add_argument("--val-percent", type=float, default=10.0,
+                        help="share of speakers (of files with --split random) in val")
+    parser.add_argument("--test-percent", type=float, default=10.0,
+                        help="share of speakers (of files with --split random) in test")
     parser.add_argument("--unknown-percent", type=float, default=None, metavar="P",
                         help="add an _unknown_ class: the clips of every other word "
                              "folder (and of a _unknown_ folder), sampled to P%% of each "
@@ -72,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--waveforms", action=argparse.BooleanOptionalAction, default=True,
                         help="also store each padded waveform (for audio-domain "
                              "augmentation in training; --no-waveforms halves the size)")
-    parser.add_argument("--compression", choices=["none", "gzip"], default="none")
+    parser.add_argument("--compression", choices=["none", "gzip"], default="none",
+                        help="of the TFRecord shards")
     parser.add_argument("--max-rejected-fraction", type=float,
                         default=DEFAULT_MAX_REJECTED_FRACTION,
                         help="exit non-zero after writing when more clips are rejected")

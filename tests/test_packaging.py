@@ -177,12 +177,17 @@ def test_images_run_the_pinned_beam_and_python():
 def test_flex_template_parameters_are_preprocess_flags():
     from pipelines import preprocess
     launcher = load_launcher()
-    parameters = json.loads((DEPLOY / "dataflow" / "flex_template" / "metadata.json")
-                            .read_text())["parameters"]
-    names = {parameter["name"] for parameter in parameters}
+    stored = json.loads((DEPLOY / "dataflow" / "flex_template" / "metadata.json").read_text())
+    # The file is generated from the parser (launch_preprocess.py --template-metadata).
+    assert stored == launcher.template_metadata(), "metadata.json is stale: regenerate it"
+    names = {parameter["name"] for parameter in stored["parameters"]}
     beam_options = {"sdk_container_image"}
-    assert {"data_dir", "output_dir"} <= names
-    assert names - beam_options <= set(launcher.VALUE_FLAGS) | set(launcher.BOOLEAN_FLAGS)
+    flags = {option[2:].replace("-", "_") for action in preprocess.build_parser()._actions
+             for option in action.option_strings
+             if option.startswith("--") and not option.startswith("--no-")} - {"help"}
+    assert names - beam_options == flags == set(launcher.VALUE_FLAGS) | set(
+        launcher.BOOLEAN_FLAGS)
+    assert {"data_dir", "output_dir", "unknown_percent", "silence_percent"} <= names
     samples = {"compression": "gzip", "split": "speaker"}
     required = ["--data_dir=gs://b/in", "--output_dir=gs://b/out"]
     for name in names - beam_options - {"data_dir", "output_dir"}:

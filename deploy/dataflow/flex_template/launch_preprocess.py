@@ -3,30 +3,79 @@
 The Dataflow launcher runs this file with each template parameter as `--name=value`,
 followed by the Dataflow options of the launch (`--runner`, `--project`, `--region`,
 `--staging_location`, `--template_location=.../job_object`, ...). Template parameters are
-named with underscores (metadata.json), the command's flags with dashes, so the flags
-of `pipelines.preprocess` are translated and everything else is left to Beam::
+named with underscores, the command's flags with dashes; both come from the one parser
+of `pipelines.preprocess`, so a new flag is a template parameter without an edit here::
 
     --data_dir=gs://B/speech  --waveforms=false  --runner=DataflowRunner
     ->  --data-dir=gs://B/speech  --no-waveforms  --runner=DataflowRunner
 
 Then `pipelines.preprocess` runs as on the command line: it checks the inputs, prepares
 the output folder and writes the job, which the launcher submits.
+
+The template's parameter list (metadata.json beside this file) is generated from the
+same parser; tests/test_packaging.py fails when the file is stale. To write it::
+
+    python deploy/dataflow/flex_template/launch_preprocess.py --template-metadata \\
+        > deploy/dataflow/flex_template/metadata.json
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 from typing import Optional
 
-# Parameters that take a value, by their template name.
-VALUE_FLAGS = ("data_dir", "output_dir", "labels", "split", "seed", "split_salt",
-               "val_percent", "test_percent", "num_shards", "compression",
-               "max_rejected_fraction")
-# Parameters given as true/false: the flag to pass for each value (None: pass nothing).
-BOOLEAN_FLAGS = {
-    "waveforms": {"true": "--waveforms", "false": "--no-waveforms"},
-    "overwrite": {"true": "--overwrite", "false": None},
-}
+from pipelines import preprocess
+
+TEMPLATE_NAME = "Keyword recognition: preprocessing"
+TEMPLATE_DESCRIPTION = (
+    "Folders of WAV clips (DATA_DIR/<label>/*.wav) to speaker-disjoint, sharded TFRecords "
+    "in OUTPUT_DIR/{train,val,test}/ with labels.txt and metadata.json "
+    "(python -m pipelines.preprocess).")
+# What the template's form knows of a parameter beyond the flag itself.
+PARAM_TYPES = {"data_dir": "GCS_READ_FOLDER", "output_dir": "GCS_WRITE_FOLDER"}
+GCS_FOLDER = r"^gs:\/\/[^\n\r]+$"
+# Beam options offered on the template's form besides the command's flags.
+BEAM_PARAMETERS = [{
+    "name": "sdk_container_image",
+    "label": "Worker image",
+    "helpText": "The worker container built from deploy/dataflow/Dockerfile (default: "
+                "Beam's image, the package installed at start-up).",
+    "isOptional": True,
+    "regexes": [r"^[^\n\r]+$"],
+}]
+
+
+def _long_option(action: argparse.Action) -> Optional[str]:
+    options = [o for o in action.option_strings
+               if o.startswith("--") and not o.startswith("--no-")]
+    return options[0] if options else None
+
+
+def command_flags(parser: argparse.ArgumentParser) -> tuple[dict, dict]:
+    """The parser's flags by template name: (takes a value, given as true/false).
+
+    Returns:
+      ({name: flag}, {name: {"true": flag or None, "false": flag or None}}).
+    """
+    values, booleans = {}, {}
+    for action in parser._actions:  # pylint: disable=protected-access
+        flag = _long_option(action)
+        if flag is None or isinstance(action, argparse._HelpAction):  # pylint: disable=protected-access
+            continue
+        name = flag[2:].replace("-", "_")
+        if isinstance(action, argparse.BooleanOptionalAction):
+            booleans[name] = {"true": flag, "false": f"--no-{flag[2:]}"}
+        elif action.nargs == 0:  # store_true / store_false
+            given = "true" if action.const is True else "false"
+            booleans[name] = {given: flag, {"true": "false", "false": "true"}[given]: None}
+        else:
+            values[name] = flag
+    return values, booleans
+
+
+VALUE_FLAGS, BOOLEAN_FLAGS = command_flags(preprocess.build_parser())
 
 
 def preprocess_argv(argv: list[str]) -> list[str]:
@@ -46,7 +95,7 @@ def preprocess_argv(argv: list[str]) -> list[str]:
         name, equals, value = argument[2:].partition("=") if argument.startswith("--") \
             else ("", "", "")
         if name in VALUE_FLAGS:
-            translated.append(f"--{name.replace('_', '-')}{equals}{value}")
+            translated.append(f"{VALUE_FLAGS[name]}{equals}{value}")
         elif name in BOOLEAN_FLAGS:
             choices = BOOLEAN_FLAGS[name]
             choice = value.strip().lower() if equals else "true"
@@ -59,9 +108,53 @@ def preprocess_argv(argv: list[str]) -> list[str]:
     return translated
 
 
+def _regex(action: argparse.Action, boolean: bool) -> str:
+    if boolean:
+        return "^(true|false)$"
+    if action.choices:
+        return "^(" + "|".join(str(choice) for choice in action.choices) + ")$"
+    if action.type is int:
+        return "^-?[0-9]+$"
+    if action.type is float:
+        return r"^-?[0-9]+(\.[0-9]+)?$"
+    return r"^[^\n\r]*$"
+
+
+def template_metadata(parser: Optional[argparse.ArgumentParser] = None) -> dict:
+    """The Flex Template's metadata.json: one parameter per flag of the parser."""
+    parser = parser or preprocess.build_parser()
+    parameters = []
+    for action in parser._actions:  # pylint: disable=protected-access
+        flag = _long_option(action)
+        if flag is None or isinstance(action, argparse._HelpAction):  # pylint: disable=protected-access
+            continue
+        name = flag[2:].replace("-", "_")
+        boolean = name in BOOLEAN_FLAGS
+        # BooleanOptionalAction adds its own "(default: %(default)s)" to the help.
+        text = (action.help or name.replace("_", " ")).replace(
+            " (default: %(default)s)", "").replace("%%", "%")
+        if (not action.required and action.default not in (None, argparse.SUPPRESS)
+                and "default" not in text):
+            default = str(action.default).lower() if boolean else action.default
+            text += f" (default: {default})"
+        parameter = {"name": name, "label": name.replace("_", " ").capitalize(),
+                     "helpText": text}
+        if name in PARAM_TYPES:
+            parameter["paramType"] = PARAM_TYPES[name]
+        if not action.required:
+            parameter["isOptional"] = True
+        parameter["regexes"] = [GCS_FOLDER if name in PARAM_TYPES else _regex(action, boolean)]
+        parameters.append(parameter)
+    return {"name": TEMPLATE_NAME, "description": TEMPLATE_DESCRIPTION, "streaming": False,
+            "parameters": parameters + BEAM_PARAMETERS}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    from pipelines import preprocess  # imported here so the translation is testable alone
-    return preprocess.main(preprocess_argv(sys.argv[1:] if argv is None else argv))
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--template-metadata"]:
+        print(json.dumps(template_metadata(), indent=2))
+        return 0
+    return preprocess.main(preprocess_argv(argv))
 
 
 if __name__ == "__main__":
