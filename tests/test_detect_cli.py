@@ -213,8 +213,8 @@ def test_training_with_unknown_chooses_the_operating_point_and_reports_detection
     preprocess.run(["--data-dir", str(root), "--output-dir", str(out), "--labels", "yes,no",
                     "--unknown-percent", "50", "--silence-percent", "20", "--split",
                     "random", "--val-percent", "25", "--test-percent", "25"])
-    task.run(["--data-dir", str(out), "--job-dir", str(job_dir), "--model", "tutorial",
-              "--epochs", "1", "--verbose", "0"])
+    task.run(["--data-dir", str(out), "--job-dir", str(job_dir), "--epochs", "1",
+              "--batch-size", "8", "--verbose", "0"])
     config = detect.read_config(str(job_dir / "export"), LABELS)
     assert config is not None and set(config.thresholds) == {"no", "yes"}
     assert config.chosen_on["split"] == "val"
@@ -231,3 +231,15 @@ def test_training_with_unknown_chooses_the_operating_point_and_reports_detection
     evaluated = evaluate.run(["--data-dir", str(out), "--job-dir", str(job_dir), "--split",
                               "val", "--streams", "1"])
     assert evaluated["streaming"]["split"] == "val" and evaluated["streaming"]["streams"] == 1
+    # A long recording of the test split and its truth, then detection scored against it.
+    long_wav = tmp_path / "long.wav"
+    assert streams.main(["--data-dir", str(out), "--seconds", "30", "--output",
+                         str(long_wav)]) == 0
+    truth = streams.read_truth_csv((tmp_path / "long.csv").read_text())
+    assert truth and truth[-1].end_ms <= 30_000
+    assert streams.main(["--data-dir", str(out), "--output", str(long_wav)]) == 2
+    capsys.readouterr()
+    detect.run(["--model-dir", str(job_dir), str(long_wav), "--truth",
+                str(tmp_path / "long.csv"), "--json"])
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert summary["metrics"]["keywords"] == sum(t.label in ("yes", "no") for t in truth)
