@@ -191,12 +191,13 @@ def quantize(function: tf.types.experimental.ConcreteFunction, representative_in
     # Integer kernels where they exist, float ones for the rest (RFFT2D, COMPLEX_ABS).
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                            tf.lite.OpsSet.TFLITE_BUILTINS]
-    if front_end == "int8":
-        return converter.convert()
-    # Selective quantisation through the converter's public debugging API: the
-    # debugger calibrates, then quantises every op but the denylisted ones.
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the debugger's own TF interpreter is deprecated
+        # Calibration runs TensorFlow's own (deprecated) interpreter inside the converter.
+        warnings.simplefilter("ignore")
+        if front_end == "int8":
+            return converter.convert()
+        # Selective quantisation through the converter's public debugging API: the
+        # debugger calibrates, then quantises every op but the denylisted ones.
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=representative_inputs)
         debugger.options = tf.lite.experimental.QuantizationDebugOptions(
@@ -395,7 +396,7 @@ def op_types(content: bytes) -> list[tuple[str, str, str]]:
     return rows
 
 
-def arena_bytes(content: bytes) -> int:
+def arena_bytes(content: bytes, first_op: int = 0) -> int:
     """Bytes of the tensor arena a static planner needs for one inference.
 
     Every tensor that is neither a constant nor a weight (inputs, activations, outputs)
@@ -403,19 +404,27 @@ def arena_bytes(content: bytes) -> int:
     largest first at the lowest 16-byte-aligned offset free for their whole lifetime,
     as TFLite Micro's GreedyMemoryPlanner does. Interpreter bookkeeping (tensor and op
     structs, a few KB) comes on top.
+
+    Args:
+      content: a LiteRT flatbuffer.
+      first_op: plan only the ops from this one on (e.g. the int8 part of a model whose
+        front end runs elsewhere); what they read from earlier ops is their input.
     """
     model = _model(content)
     graph = model.Subgraphs(0)
     last_op = graph.OperatorsLength() - 1
     first, last = {}, {}
-    for index in range(graph.InputsLength()):
-        first[graph.Inputs(index)] = 0
-    for step in range(graph.OperatorsLength()):
+    if first_op == 0:
+        for index in range(graph.InputsLength()):
+            first[graph.Inputs(index)] = 0
+    for step in range(first_op, graph.OperatorsLength()):
         op = graph.Operators(step)
+        for i in range(op.InputsLength()):
+            if op.Inputs(i) >= 0:  # -1: an optional input left out
+                first.setdefault(op.Inputs(i), step)
+                last[op.Inputs(i)] = step
         for i in range(op.OutputsLength()):
             first.setdefault(op.Outputs(i), step)
-        for i in range(op.InputsLength()):
-            last[op.Inputs(i)] = step
     for index in range(graph.OutputsLength()):
         last[graph.Outputs(index)] = last_op
     buffers = []
