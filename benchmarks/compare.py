@@ -39,12 +39,16 @@ LATENCY_ROUNDS = 5  # a 2-core machine's latency swings by 1.5x between rounds
 
 def train(data_dir: str, job_dir: str, model: str, seed: int, extra: list[str],
           reuse: bool = False) -> dict:
-    if reuse and tf.io.gfile.exists(f"{job_dir}/{RUN_FILE}"):
-        with tf.io.gfile.GFile(f"{job_dir}/{RUN_FILE}", "r") as handle:
-            return json.load(handle)
     command = [sys.executable, "-m", "trainer.task", "--data-dir", data_dir, "--job-dir",
                job_dir, "--model", model, "--seed", str(seed), "--verbose", "0",
                "--no-report"] + extra
+    shown = " ".join(["python"] + command[1:])
+    if reuse and tf.io.gfile.exists(f"{job_dir}/{RUN_FILE}"):
+        with tf.io.gfile.GFile(f"{job_dir}/{RUN_FILE}", "r") as handle:
+            record = json.load(handle)
+        if record.get("command") == shown:
+            return record
+        print(f"note: {job_dir} was trained with another command; training again")
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
@@ -54,7 +58,7 @@ def train(data_dir: str, job_dir: str, model: str, seed: int, extra: list[str],
         metrics = json.load(handle)
     record = {"seed": seed, "test_accuracy": metrics["test_accuracy"],
               "parameters": metrics["parameters"], "train_seconds": seconds,
-              "command": " ".join(["python"] + command[1:])}
+              "command": shown}
     with tf.io.gfile.GFile(f"{job_dir}/{RUN_FILE}", "w") as handle:
         json.dump(record, handle, indent=2)
     return record

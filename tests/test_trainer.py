@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -228,19 +229,19 @@ def test_killed_run_resumes_from_its_last_epoch(data_dir, tmp_path):
     assert len(history["loss"]) == done + 1  # one more epoch, not a fresh start
 
 
+CRASH = {"epoch": None, "at": "begin"}  # where a CrashingRecipe run dies (None: nowhere)
+
+
 @dataclasses.dataclass(frozen=True)
 class CrashingRecipe(Recipe):
-    """The tutorial recipe (no early stop) that dies as epoch `crash_epoch` (from 0)
-    begins or, with `crash_at="end"`, ends."""
-    crash_epoch: int = 2
-    crash_at: str = "begin"
+    """The tutorial recipe (no early stop) that dies as epoch CRASH["epoch"] (from 0)
+    begins or, with CRASH["at"] = "end", ends. The crash point is kept outside the
+    recipe, so the resumed run has the same recipe (and fingerprint) as the killed one."""
 
     def callbacks(self):
-        recipe = self
-
         class Crash(tf.keras.callbacks.Callback):
             def _crash(self, epoch, at):
-                if (epoch, at) == (recipe.crash_epoch, recipe.crash_at):
+                if (epoch, at) == (CRASH["epoch"], CRASH["at"]):
                     raise RuntimeError("simulated crash")
 
             def on_epoch_begin(self, epoch, logs=None):
@@ -255,18 +256,18 @@ def test_backup_cut_short_by_a_kill_resumes_from_the_one_before(data_dir, tmp_pa
                                                                 monkeypatch, capsys):
     monkeypatch.setitem(models.REGISTRY, "crashing", Architecture(
         tutorial.build, CrashingRecipe(**{**TUTORIAL_FIELDS, "patience": 100})))
+    monkeypatch.setitem(CRASH, "epoch", 2)
     command = ["--data-dir", str(data_dir), "--job-dir", str(tmp_path / "job"),
                "--model", "crashing", "--epochs", "4", "--verbose", "0", "--no-report"]
     with pytest.raises(RuntimeError, match="simulated crash"):
         task.run(command)
     checkpoints = tmp_path / "job" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == [
-        "epoch-0001.weights.h5", "epoch-0002.weights.h5"]
+        "backup.json", "epoch-0001.weights.h5", "epoch-0002.weights.h5"]
     newest = checkpoints / "epoch-0002.weights.h5"
     data = newest.read_bytes()
     newest.write_bytes(data[:2048] + bytes(len(data) - 2048))  # as if killed mid-write
-    monkeypatch.setitem(models.REGISTRY, "crashing", Architecture(
-        tutorial.build, tutorial.RECIPE.with_overrides(patience=100)))
+    monkeypatch.setitem(CRASH, "epoch", None)
     metrics = task.run(command)
     assert metrics["settings"]["epochs_run"] == 4
     printed = capsys.readouterr()
@@ -277,8 +278,10 @@ def test_backup_cut_short_by_a_kill_resumes_from_the_one_before(data_dir, tmp_pa
 
 def test_an_epoch_killed_after_its_history_row_is_repeated_not_lost(data_dir, tmp_path,
                                                                     monkeypatch, capsys):
-    monkeypatch.setitem(models.REGISTRY, "crashing", Architecture(tutorial.build, CrashingRecipe(
-        **{**TUTORIAL_FIELDS, "patience": 100}, crash_epoch=1, crash_at="end")))
+    monkeypatch.setitem(models.REGISTRY, "crashing", Architecture(
+        tutorial.build, CrashingRecipe(**{**TUTORIAL_FIELDS, "patience": 100})))
+    monkeypatch.setitem(CRASH, "epoch", 1)
+    monkeypatch.setitem(CRASH, "at", "end")
     job = tmp_path / "job"
     command = ["--data-dir", str(data_dir), "--job-dir", str(job), "--model", "crashing",
                "--epochs", "3", "--verbose", "0", "--no-report"]
@@ -286,9 +289,9 @@ def test_an_epoch_killed_after_its_history_row_is_repeated_not_lost(data_dir, tm
         task.run(command)
     # The second epoch's row is written, its backup is not: the backup comes last.
     assert len(task.read_history(str(job))["loss"]) == 2
-    assert [p.name for p in (job / "checkpoints").iterdir()] == ["epoch-0001.weights.h5"]
-    monkeypatch.setitem(models.REGISTRY, "crashing", Architecture(
-        tutorial.build, tutorial.RECIPE.with_overrides(patience=100)))
+    assert sorted(p.name for p in (job / "checkpoints").iterdir()) == [
+        "backup.json", "epoch-0001.weights.h5"]
+    monkeypatch.setitem(CRASH, "epoch", None)
     metrics = task.run(command)
     assert "Resuming from the backup" in capsys.readouterr().out
     assert metrics["settings"]["epochs_run"] == 3
@@ -311,6 +314,10 @@ def test_compare_trains_each_seed_and_reuses_finished_runs(data_dir, tmp_path, c
     table = capsys.readouterr().out
     assert "p50 / tutorial" in table and "1.00x" in table
     assert json.loads((tmp_path / "results.json").read_text())[0]["model"] == "tutorial"
+    other = compare.run(command[:-1] + ["2", "--reuse"])  # other flags: not reused
+    assert "was trained with another command; training again" in capsys.readouterr().out
+    assert (job / "metrics.json").exists()
+    assert other[0]["runs"][0]["command"].endswith("--epochs 2")
 
 
 def test_input_benchmark_times_every_epoch_of_both_inputs(data_dir):
@@ -358,3 +365,82 @@ def test_benchmark_latency_alternates_rounds_and_reports_ratios(data_dir, job_di
     assert len(figures) == 2 and all(f["rounds"] == 2 and f["p50_ms"] > 0
                                      for f in figures.values())
     assert " 1.00x" in capsys.readouterr().out
+
+
+def _damaged_copy(data_dir, tmp_path, damage):
+    copy = tmp_path / "copy"
+    shutil.copytree(data_dir, copy)
+    shards = sorted((copy / "train").glob("data-*"))
+    damage(shards)
+    return copy
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda shards: shards[0].unlink(), r"train/data-00000-of-00002\.tfrecord: shard missing"),
+    (lambda shards: shards[0].write_bytes(shards[0].read_bytes()[:5000]),
+     r"train/data-00000-of-00002\.tfrecord: corrupt TFRecord shard"),
+    (lambda shards: shutil.copy(shards[0], shards[0].with_name(
+        "data-00000-of-00001.tfrecord")), r"data-00000-of-00001\.tfrecord: shard not written"),
+    (lambda shards: shards[1].write_bytes(shards[0].read_bytes() * 2),
+     r"train: \d+ records in the shards, metadata.json says \d+"),
+])
+def test_train_and_evaluate_refuse_shards_that_differ_from_the_metadata(
+        data_dir, job_dir, tmp_path, capsys, damage, message):
+    copy = _damaged_copy(data_dir, tmp_path, damage)
+    code = task.main(["--data-dir", str(copy), "--job-dir", str(tmp_path / "j"),
+                      "--model", "tutorial", "--epochs", "1", "--verbose", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and re.search(message, err[0]), err
+    assert not (tmp_path / "j" / "model.keras").exists()
+    code = evaluate.main(["--data-dir", str(copy), "--job-dir", str(job_dir),
+                          "--split", "train"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and re.search(message, err[0]), err
+
+
+def test_a_backup_of_another_run_is_refused_unless_restarted(data_dir, tmp_path, capsys,
+                                                            monkeypatch):
+    checkpoints = tmp_path / "ck"
+    checkpoints.mkdir()
+    (checkpoints / "notes.txt").write_text("not the trainer's")
+    command = ["--data-dir", str(data_dir), "--job-dir", str(tmp_path / "job"),
+               "--model", "crashing", "--epochs", "3", "--verbose", "0", "--no-report",
+               "--checkpoint-dir", str(checkpoints)]
+    monkeypatch.setitem(models.REGISTRY, "crashing", Architecture(
+        tutorial.build, CrashingRecipe(**{**TUTORIAL_FIELDS, "patience": 100})))
+    monkeypatch.setitem(CRASH, "epoch", 1)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        task.run(command)  # killed after its first epoch: its backup stays
+    assert task.main(command + ["--seed", "7"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {checkpoints}: the backups are of another run (seed differ); "
+                   "pass --restart to train from the start, or another --checkpoint-dir"]
+    monkeypatch.setitem(models.REGISTRY, "crashing", Architecture(
+        tutorial.build, tutorial.RECIPE.with_overrides(patience=100)))
+    metrics = task.run(command + ["--seed", "7", "--restart"])
+    assert metrics["settings"]["epochs_run"] == 3
+    assert "Resuming" not in capsys.readouterr().out
+    assert [p.name for p in checkpoints.iterdir()] == ["notes.txt"]
+
+
+def test_predict_takes_file_names_that_are_not_utf8(job_dir, tmp_path, capsys):
+    clip = wavs.sample_clips("yes", 1)[0]
+    odd = os.path.join(os.fsencode(tmp_path), b"caf\xe9-\xff.wav")
+    with open(odd, "wb") as handle:
+        handle.write(clip.read_bytes())
+    code = predict.main(["--model-dir", str(job_dir), os.fsdecode(odd), str(clip)])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out[0].startswith(f"{tmp_path}/caf\\xe9-\\xff.wav\t")
+    assert out[1].startswith(f"{clip}\t")
+
+
+def test_predict_refuses_labels_that_do_not_fit_the_model(job_dir, tmp_path, capsys):
+    copy = tmp_path / "job"
+    shutil.copytree(job_dir / "export", copy / "export")
+    (copy / "export" / "labels.txt").write_text("no\nup\nyes\nextra\n")
+    clip = str(wavs.sample_clips("yes", 1)[0])
+    assert predict.main(["--model-dir", str(copy), clip]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {copy}: labels.txt has 4 labels but the model has 3 outputs "
+                   "(labels.txt of another model?)"]

@@ -95,10 +95,13 @@ class EpochBackup(keras.callbacks.Callback):
                 if _NAME.fullmatch(name) or name in (PARTIAL, FINGERPRINT)]
 
     def discard(self) -> None:
-        """Removes the backup's own files (and the folder if it made it and it is empty)."""
+        """Removes the backup's own files, and the folder if a run of it made the folder
+        and nothing else is in it."""
+        stored = self._stored_fingerprint() or {}
+        made_folder = self._created or stored.get("made_folder", False)
         for path in self.own_files():
             tf.io.gfile.remove(path)
-        if (self._created and tf.io.gfile.isdir(self.directory)
+        if (made_folder and tf.io.gfile.isdir(self.directory)
                 and not tf.io.gfile.listdir(self.directory)):
             tf.io.gfile.rmtree(self.directory)
 
@@ -108,7 +111,8 @@ class EpochBackup(keras.callbacks.Callback):
         path = f"{self.directory}/{FINGERPRINT}"
         with tf.io.gfile.GFile(f"{path}.partial", "w") as handle:
             handle.write(json.dumps({"digest": digest(self.fingerprint),
-                                     "fingerprint": self.fingerprint},
+                                     "fingerprint": self.fingerprint,
+                                     "made_folder": self._created},
                                     sort_keys=True, indent=1, default=str))
         tf.io.gfile.rename(f"{path}.partial", path, overwrite=True)
 

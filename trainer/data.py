@@ -136,6 +136,11 @@ def guard_corruption(files: list[str], step: Callable[[], object]):
         if where is None:
             raise
         raise UserError(where) from None
+    except tf.errors.FailedPreconditionError as error:
+        # assert_cardinality: the shards hold fewer or more records than declared.
+        where = files[0].rsplit("/", 1)[0] if files else "shards"
+        raise UserError(f"{where}: the shards changed while being read "
+                        f"({error.message.splitlines()[0]})") from None
 
 
 def load_background(data_dir: str):
@@ -155,3 +160,58 @@ def load_background(data_dir: str):
     records = tf.data.TFRecordDataset(files, compression_type=_compression(files) or None)
     return augment.noise_bank_from_arrays(
         [contract.parse_background(r)[contract.WAVEFORM] for r in records])
+
+
+def count_records(path: str) -> int:
+    """Records in one shard; UserError naming it when it is cut short or corrupt."""
+    compression = _compression([path])
+    try:
+        return int(tf.data.TFRecordDataset(path, compression_type=compression).reduce(
+            tf.constant(0, tf.int64), lambda count, _: count + 1))
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+        raise UserError(f"{path}: corrupt TFRecord shard "
+                        f"({error.message.splitlines()[0]})") from None
+
+
+def check_shards(data_dir: str, metadata, splits) -> dict[str, list[str]]:
+    """Checks each split's shards against what metadata.json says the run wrote.
+
+    The shard names and number must be those the run listed (none missing, none added),
+    and the records in them must add up to the split's example count. One read of the
+    shards; a mismatch is a UserError naming the shard or split.
+
+    Args:
+      data_dir: the preprocessing run.
+      metadata: its metadata.json (a mapping).
+      splits: the splits to check.
+
+    Returns:
+      split -> its shard paths, sorted.
+    """
+    data_dir = data_dir.rstrip("/")
+    listed: dict[str, set[str]] = {}
+    for path in metadata.get("shards") or ():
+        parts = str(path).rstrip("/").split("/")
+        if len(parts) >= 2:
+            listed.setdefault(parts[-2], set()).add(parts[-1])
+    files = {}
+    for split in splits:
+        found = sorted(tf.io.gfile.glob(contract.shard_pattern(data_dir, split)))
+        names = {path.rsplit("/", 1)[-1] for path in found}
+        if listed:
+            expected = listed.get(split, set())
+            for name in sorted(expected - names):
+                raise UserError(f"{data_dir}/{split}/{name}: shard missing (metadata.json "
+                                "lists it)")
+            for name in sorted(names - expected):
+                raise UserError(f"{data_dir}/{split}/{name}: shard not written by this run "
+                                "(not in metadata.json)")
+        if not found:
+            raise UserError(f"{data_dir}/{split}: no TFRecord shards")
+        records = sum(count_records(path) for path in found)
+        declared = split_size(metadata, split)
+        if records != declared:
+            raise UserError(f"{data_dir}/{split}: {records} records in the shards, "
+                            f"metadata.json says {declared} (a shard cut short or replaced)")
+        files[split] = found
+    return files

@@ -83,7 +83,7 @@ def run(argv: Optional[list[str]] = None) -> dict:
     metadata = data.read_metadata(args.data_dir)
     if data.split_size(metadata, args.split) == 0:
         raise UserError(f"{args.data_dir}/{args.split}: empty split (no examples)")
-    files = data.shard_files(args.data_dir, args.split)
+    files = data.check_shards(args.data_dir, metadata, [args.split])[args.split]
     net = artifacts.load_keras_model(job_dir)
     dataset = data.make_dataset(files, args.batch_size, False)
     metrics = evaluate_split(net, dataset, files, data_labels, args.split)

@@ -46,7 +46,9 @@ WARMUP_CALLS = -(-contract.NUM_FRAMES // STREAM_HOPS)  # calls that refill every
 def stream_function(model: keras.Model) -> tf.types.experimental.ConcreteFunction:
     """One streaming step of the serving model, weights frozen (see the module doc)."""
     front, network = litert.split_front_end(model)
-    width = int(network.input.shape[-1])
+    width = contract.NUM_BINS  # features per frame after the front end
+    for layer in front:
+        width = int(layer.compute_output_shape((1, contract.NUM_FRAMES, width))[-1])
 
     @tf.function(input_signature=[
         tf.TensorSpec([1, FRAME_SAMPLES], tf.float32, name=FRAME),

@@ -25,8 +25,8 @@ import_tensorflow_quietly()
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipelines import audio  # noqa: E402
-from pipelines.errors import PartialFailure, run_cli  # noqa: E402
+from pipelines import audio, contract  # noqa: E402
+from pipelines.errors import PartialFailure, UserError, run_cli  # noqa: E402
 from trainer import artifacts, litert  # noqa: E402
 
 
@@ -40,10 +40,16 @@ class Predictor:
             self.labels = artifacts.read_model_labels(artifacts.export_dir_of(model_dir))
         else:  # a LiteRT file: one clip at a time, padded or cut to one second
             self.model, self.labels = litert.load_engine(model_dir, engine)
+        outputs = len(self._probabilities(np.zeros(contract.CLIP_SAMPLES, np.float32)))
+        if outputs != len(self.labels):
+            raise UserError(f"{model_dir}: labels.txt has {len(self.labels)} labels but the "
+                            f"model has {outputs} outputs (labels.txt of another model?)")
 
     def probabilities(self, data: bytes) -> np.ndarray:
         """WAV bytes -> probabilities over `labels` (raises AudioError)."""
-        waveform = audio.decode_clip(data)[0]  # the first second
+        return self._probabilities(audio.decode_clip(data)[0])  # the first second
+
+    def _probabilities(self, waveform: np.ndarray) -> np.ndarray:
         if isinstance(self.model, litert.LiteRTModel):
             return self.model.probabilities(waveform)
         outputs = self._serve(waveform=tf.constant(waveform[None, :]))
@@ -56,8 +62,14 @@ def top_k(probabilities: np.ndarray, labels: list[str], k: int) -> list[tuple[st
 
 
 def read(path: str) -> bytes:
-    with tf.io.gfile.GFile(path, "rb") as handle:
+    """The file's bytes; a local name that is not UTF-8 is opened by its raw bytes."""
+    with tf.io.gfile.GFile(path.encode("utf-8", "surrogateescape"), "rb") as handle:
         return handle.read()
+
+
+def shown(path: str) -> str:
+    """A path as printable text (bytes that are not UTF-8 as \\xNN escapes)."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 LONG_RECORDING_SECONDS = 1.5
@@ -93,28 +105,29 @@ def run(argv: Optional[list[str]] = None) -> list[dict]:
     predictor = Predictor(args.model_dir, args.engine)
     results, failed = [], []
     for path in args.files:
+        name = shown(path)
         try:
             data = read(path)
             probabilities = predictor.probabilities(data)
         except audio.AudioError as error:
             failed.append(path)
-            print(f"error: {path}: {error}", file=sys.stderr)
+            print(f"error: {name}: {error}", file=sys.stderr)
             continue
         except tf.errors.OpError as error:
             failed.append(path)
-            print(f"error: {path}: cannot read ({error.message.splitlines()[0]})",
+            print(f"error: {name}: cannot read ({error.message.splitlines()[0]})",
                   file=sys.stderr)
             continue
         note_if_long(path, data)
         best = top_k(probabilities, predictor.labels, max(args.top_k, 1))
-        result = {"path": path, "label": best[0][0], "probability": best[0][1],
+        result = {"path": name, "label": best[0][0], "probability": best[0][1],
                   "top_k": [{"label": label, "probability": p} for label, p in best],
                   "probabilities": dict(zip(predictor.labels, map(float, probabilities)))}
         results.append(result)
         if args.json:
             print(json.dumps(result), flush=True)
         else:
-            print(f"{path}\t" + "\t".join(f"{label} {p:.3f}" for label, p in best), flush=True)
+            print(f"{name}\t" + "\t".join(f"{label} {p:.3f}" for label, p in best), flush=True)
     if args.plot and results:
         from trainer.report import figures  # pylint: disable=import-outside-toplevel
         first = results[0]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import os
 import sys
@@ -34,6 +35,7 @@ from pipelines import contract  # noqa: E402
 from pipelines.errors import PartialFailure, UserError, run_cli  # noqa: E402
 from trainer import backup, data, evaluate, export, litert, models, training  # noqa: E402
 from trainer import detection_report  # noqa: E402
+from trainer import distribute  # noqa: E402
 from trainer.report import metrics as classification, writer  # noqa: E402
 
 HISTORY_CSV = "history.csv"
@@ -53,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="examples per batch (default: the model's recipe)")
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="peak learning rate (default: the model's recipe)")
+    parser.add_argument("--weight-decay", type=float, default=None,
+                        help="decoupled weight decay of AdamW recipes (default: the recipe's)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--shuffle-buffer", type=int, default=4096,
                         help="examples held in memory for shuffling")
@@ -61,9 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-dir", default=os.environ.get("AIP_CHECKPOINT_DIR"),
                         help="backup for resuming (default: JOB/checkpoints or "
                              "$AIP_CHECKPOINT_DIR)")
+    parser.add_argument("--restart", action="store_true",
+                        help="discard the backups of an earlier run in the checkpoint folder "
+                             "and train from the start (default: resume, if they are of "
+                             "the same run)")
     parser.add_argument("--no-report", action="store_true", help="skip plots and report.html")
     parser.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
                         help="Keras progress output: 0 silent, 1 progress bar, 2 a line per epoch")
+    distribute.add_flags(parser)
     return parser
 
 
@@ -83,6 +92,20 @@ def read_history(job_dir: str) -> dict[str, list[float]]:
     return {key: [float(row[key]) for row in rows] for key in keys}
 
 
+def run_fingerprint(args: argparse.Namespace, labels: list[str], recipe) -> dict:
+    """What makes a resumed run the same run: data, labels, model, recipe and seed.
+
+    The epoch count is left out, so a finished run can be extended with more --epochs.
+    """
+    with tf.io.gfile.GFile(f"{args.data_dir.rstrip('/')}/{contract.METADATA_FILE}",
+                           "rb") as handle:
+        data_digest = hashlib.sha256(handle.read()).hexdigest()[:16]
+    settings = {key: value for key, value in recipe.settings().items() if key != "epochs"}
+    return {"data": data_digest, "labels": labels, "model": args.model,
+            "recipe": backup.digest(settings), "seed": args.seed,
+            "shuffle_buffer": args.shuffle_buffer}
+
+
 def train_and_evaluate(args: argparse.Namespace) -> dict:
     """Fits the model, evaluates it on the test split and writes every artifact."""
     if not args.job_dir:
@@ -90,9 +113,13 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
     job_dir = args.job_dir.rstrip("/")
     labels = data.read_labels(args.data_dir)
     metadata = data.read_metadata(args.data_dir)
-    recipe = models.get_recipe(args.model).with_overrides(
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
-    files = {split: data.shard_files(args.data_dir, split) for split in contract.SPLITS}
+    # Before any TensorFlow op: workers set up the collectives first (and then wait for
+    # one another, so what would stop a worker is checked before).
+    dist = distribute.setup(args, args.data_dir)
+    recipe = dist.scale(models.get_recipe(args.model).with_overrides(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay))
+    files = data.check_shards(args.data_dir, metadata, contract.SPLITS)
     sizes = {split: data.split_size(metadata, split) for split in contract.SPLITS}
     for split, size in sizes.items():
         if size == 0:
@@ -101,25 +128,31 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
     if recipe.needs_waveforms and not metadata.waveforms:
         raise UserError(f"{args.data_dir}: model {args.model!r} augments audio and needs "
                         "stored waveforms; preprocess without --no-waveforms")
+    shared_dir, job_dir = job_dir, dist.writable(job_dir, "job")  # others: their scratch
 
     keras.utils.set_random_seed(args.seed)
     tf.io.gfile.makedirs(job_dir)
-    checkpoint_dir = (args.checkpoint_dir or f"{job_dir}/checkpoints").rstrip("/")
-    log_dir = args.tensorboard_dir or f"{job_dir}/logs"
-    epoch_backup = backup.EpochBackup(checkpoint_dir)
-    if not epoch_backup.epochs() and tf.io.gfile.exists(f"{job_dir}/{HISTORY_CSV}"):
+    checkpoint_dir = (args.checkpoint_dir or f"{shared_dir}/checkpoints").rstrip("/")
+    log_dir = dist.writable(args.tensorboard_dir or f"{job_dir}/logs", "logs")
+    epoch_backup, resume_from = dist.backups(
+        checkpoint_dir, run_fingerprint(args, labels, recipe), args.restart)
+    if args.restart:
+        epoch_backup.discard()
+    resume_from.check_same_run()
+    if not resume_from.epochs() and tf.io.gfile.exists(f"{job_dir}/{HISTORY_CSV}"):
         tf.io.gfile.remove(f"{job_dir}/{HISTORY_CSV}")  # a fresh run, not a resumption
 
-    train_ds = recipe.train_dataset(files[contract.TRAIN], args)
-    val_ds = data.make_dataset(files[contract.VAL], recipe.batch_size, False,
-                               num_examples=sizes[contract.VAL])
+    train_ds = dist.train_input(recipe.train_dataset(dist.share(files[contract.TRAIN]), args))
+    val_ds = dist.eval_input(data.make_dataset(files[contract.VAL], recipe.batch_size, False,
+                                               num_examples=sizes[contract.VAL]))
     test_ds = data.make_dataset(files[contract.TEST], recipe.batch_size, False,
                                 num_examples=sizes[contract.TEST])
     spectrograms = data.make_dataset(files[contract.TRAIN], 256, False).map(lambda x, _: x)
-    net = data.guard_corruption(files[contract.TRAIN], lambda: models.build_model(
-        args.model, len(labels), train_spectrograms=spectrograms))
-    recipe.compile(net, sizes[contract.TRAIN])
-    start = epoch_backup.restore(net)
+    with dist.strategy.scope():
+        net = data.guard_corruption(files[contract.TRAIN], lambda: models.build_model(
+            args.model, len(labels), train_spectrograms=spectrograms))
+        recipe.compile(net, sizes[contract.TRAIN])
+        start = resume_from.restore(net)
     if start is not None:
         print(f"Resuming from the backup in {checkpoint_dir}: epoch {start + 1}")
 
@@ -128,7 +161,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
         keras.callbacks.CSVLogger(f"{job_dir}/{HISTORY_CSV}", append=True),
         keras.callbacks.TensorBoard(log_dir=log_dir),
         stop_on_nan,
-    ] + recipe.callbacks() + [
+    ] + recipe.callbacks() + distribute.tuning_callbacks(args, dist) + [
         # Last, so an epoch counts as done only once its history row is written: a kill
         # in between repeats the epoch (its row is replaced) instead of losing the row.
         epoch_backup,
@@ -146,6 +179,9 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
 
     history = read_history(job_dir)
     net.save(f"{job_dir}/model.keras")
+    if not dist.is_chief:
+        return dist.finish()  # the chief evaluates, exports and reports
+    net = dist.local_model(net, f"{job_dir}/model.keras")
     serving = recipe.serving_model(net)
     export_dir = export.export_model(serving, labels, f"{job_dir}/{export.EXPORT_DIR}")
     # LiteRT files beside the SavedModel, int8 calibrated on training clips.
@@ -155,7 +191,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
     settings = {"model": args.model, "data_dir": args.data_dir, "seed": args.seed,
                 "shuffle_buffer": args.shuffle_buffer, **recipe.settings(),
                 "epochs_run": len(next(iter(history.values()), [])),
-                "split": metadata.split.to_dict()}
+                "split": metadata.split.to_dict(), **dist.settings()}
     metrics = evaluate.evaluate_split(net, test_ds, files[contract.TEST], labels)
     metrics.update({
         "model": args.model, "parameters": int(net.count_params()),
@@ -178,7 +214,8 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
 
 
 def run(argv: Optional[list[str]] = None) -> dict:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(
+        distribute.hyphenated(sys.argv[1:] if argv is None else argv))
     return train_and_evaluate(args)
 
 
