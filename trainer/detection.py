@@ -45,8 +45,8 @@ REFRACTORY_MS = 1_000
 DEFAULT_THRESHOLD = 0.8  # for a model without a chosen operating point
 HIT_BEFORE_S = 0.25
 HIT_AFTER_S = 0.75
-THRESHOLD_GRID = tuple(np.round(np.concatenate([np.arange(0.30, 0.90, 0.05),
-                                                np.arange(0.90, 0.995, 0.01)]), 3))
+THRESHOLD_GRID = tuple(float(t) for t in np.round(np.concatenate([
+    np.arange(0.30, 0.8999, 0.025), np.arange(0.90, 0.995, 0.01)]), 3))
 SMOOTHING_CHOICES = (1, 3, 5)
 MAX_FALSE_ACCEPTS_PER_HOUR = 6.0  # the operating point's budget on validation streams
 
