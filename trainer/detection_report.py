@@ -175,7 +175,7 @@ def plot_detection(result: detect.Detection, labels: list[str], config: detectio
     score_ax.set_ylim(0, 1.1)
     score_ax.set_xlabel("seconds (a score is drawn at the end of its window)")
     score_ax.set_ylabel(f"smoothed score ({config.smoothing} windows)")
-    score_ax.legend(loc="upper right", fontsize=7, ncol=min(len(config.thresholds), 5))
+    score_ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
     _write(path, _png(figure))
 
 
