@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -75,6 +76,62 @@ def accuracy(job_dirs: list[str], data_dir: str, count: int, seconds: float) -> 
     mean["mean_delay_s"] = statistics.fmean(delays) if delays else None
     return {"jobs": rows, "mean": mean, "streams": count, "stream_seconds": seconds,
             "keywords_per_job": next(iter(rows.values()))["keywords"]}
+
+
+def _per_label(scored: list, labels: list[str], config: detection.Config,
+               budget: float) -> detection.Config:
+    """Greedy per-keyword thresholds on `scored`: lowers, one keyword at a time, the
+    threshold that raises recall most while false accepts keep within the budget."""
+    thresholds = dict(config.thresholds)
+    best = detection.evaluate(scored, labels, config)
+    while True:
+        step = None
+        for label in thresholds:
+            for value in (t for t in detection.THRESHOLD_GRID if t < thresholds[label]):
+                trial = dataclasses.replace(config, thresholds={**thresholds, label: value})
+                metrics = detection.evaluate(scored, labels, trial)
+                if (metrics["false_accepts_per_hour"] <= budget
+                        and metrics["recall"] > (step or best)["recall"]):
+                    step = {**metrics, "label": label, "value": value}
+        if step is None:
+            return dataclasses.replace(config, thresholds=thresholds)
+        thresholds[step["label"]], best = step["value"], step
+
+
+def study(job_dirs: list[str], data_dir: str, count: int, seconds: float) -> dict:
+    """Operating points chosen on val streams for each smoothing, measured on test streams."""
+    budget = detection.MAX_FALSE_ACCEPTS_PER_HOUR
+    val = detection_report.split_streams(data_dir, contract.VAL, count, seconds)
+    test = detection_report.split_streams(data_dir, contract.TEST, count, seconds)
+    rows = []
+    print(f"\nStudy: threshold chosen on {count} val streams (<= {budget:g} FA/h), measured "
+          f"on {count} test streams of {seconds / 60:g} min:")
+    for job_dir in job_dirs:
+        scorer = detect.Scorer(job_dir)
+        base = detection.default_config(scorer.labels)
+        scored = {name: detection_report.score_streams(generated, scorer, base)
+                  for name, generated in (("val", val), ("test", test))}
+        variants = []
+        for smoothing in (1, 3, 5, 7):
+            chosen, _ = detection.choose_operating_point(
+                scored["val"], scorer.labels, base, smoothing_choices=(smoothing,))
+            variants.append((f"smoothing {smoothing}", chosen))
+        chosen, _ = detection.choose_operating_point(scored["val"], scorer.labels, base)
+        variants.append((f"smoothing {chosen.smoothing}, thresholds per keyword",
+                         _per_label(scored["val"], scorer.labels, chosen, budget)))
+        for name, config in variants:
+            on_val = detection.evaluate(scored["val"], scorer.labels, config)
+            on_test = detection.evaluate(scored["test"], scorer.labels, config)
+            values = sorted(set(config.thresholds.values()))
+            row = {"job": job_dir, "variant": name, "thresholds": values,
+                   "val": on_val, "test": on_test}
+            rows.append(row)
+            print(f"  {job_dir:32s} {name:38s} threshold {values[0]:.3f}"
+                  + (f"..{values[-1]:.3f}" if len(values) > 1 else "")
+                  + f"  val recall {on_val['recall']:.3f} FA/h "
+                  f"{on_val['false_accepts_per_hour']:5.1f}  test recall "
+                  f"{on_test['recall']:.3f} FA/h {on_test['false_accepts_per_hour']:5.1f}")
+    return {"rows": rows}
 
 
 def write_stream_wav(path: str, data_dir: str, seconds: float, seed: int = 100) -> None:
@@ -150,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stream-seconds", type=float, default=detection_report.STREAM_SECONDS)
     parser.add_argument("--speed-seconds", type=float, default=600.0)
     parser.add_argument("--skip", nargs="*", default=[], choices=["accuracy", "speed", "memory"])
+    parser.add_argument("--study", action="store_true",
+                        help="also compare smoothings and per-keyword thresholds (val -> test)")
     parser.add_argument("--output", default=None, help="also write the figures as JSON here")
     parser.add_argument("--probe", nargs=2, default=None, help=argparse.SUPPRESS)
     return parser
@@ -189,6 +248,8 @@ def run(argv: Optional[list[str]] = None) -> dict:
         results["accuracy"] = accuracy(args.job_dir, args.data_dir, args.streams,
                                        args.stream_seconds)
         _print_accuracy(results["accuracy"])
+    if args.study:
+        results["study"] = study(args.job_dir, args.data_dir, args.streams, args.stream_seconds)
     with tempfile.TemporaryDirectory() as tmp:
         if "speed" not in args.skip:
             path = f"{tmp}/speed.wav"
