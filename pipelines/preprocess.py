@@ -4,6 +4,11 @@ Reads DIR/<label>/*.wav (local or gs://), computes the tutorial's STFT magnitude
 spectrogram for each clip, splits by a hash of the speaker and writes
 OUT/{train,val,test}/ shards, OUT/labels.txt, OUT/metadata.json and OUT/rejected/.
 
+Every file and folder of DIR gets an outcome (example, background, rejected or skipped,
+with a reason) and the run checks that files read = examples + background + rejected +
+skipped, counted back from the files it wrote (`graph`). OUT may not be DIR or inside it;
+`--overwrite` removes only the files a run writes (`outputs`).
+
 With --unknown-percent and --silence-percent it makes TensorFlow's keyword-spotting
 classes: `_unknown_` (a sample of the words not in --labels) and `_silence_` (one-second
 clips of the background noise at a random volume), each a percentage of every split.

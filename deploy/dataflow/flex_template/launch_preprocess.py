@@ -47,10 +47,13 @@ BEAM_PARAMETERS = [{
 }]
 
 
-def _long_option(action: argparse.Action) -> Optional[str]:
-    options = [o for o in action.option_strings
-               if o.startswith("--") and not o.startswith("--no-")]
-    return options[0] if options else None
+def _flag_actions(parser: argparse.ArgumentParser):
+    """(template name, flag, action) of each flag of the parser but --help."""
+    for action in parser._actions:  # pylint: disable=protected-access
+        flags = [option for option in action.option_strings
+                 if option.startswith("--") and not option.startswith("--no-")]
+        if flags and flags[0] != "--help":
+            yield flags[0][2:].replace("-", "_"), flags[0], action
 
 
 def command_flags(parser: argparse.ArgumentParser) -> tuple[dict, dict]:
@@ -60,11 +63,7 @@ def command_flags(parser: argparse.ArgumentParser) -> tuple[dict, dict]:
       ({name: flag}, {name: {"true": flag or None, "false": flag or None}}).
     """
     values, booleans = {}, {}
-    for action in parser._actions:  # pylint: disable=protected-access
-        flag = _long_option(action)
-        if flag is None or isinstance(action, argparse._HelpAction):  # pylint: disable=protected-access
-            continue
-        name = flag[2:].replace("-", "_")
+    for name, flag, action in _flag_actions(parser):
         if isinstance(action, argparse.BooleanOptionalAction):
             booleans[name] = {"true": flag, "false": f"--no-{flag[2:]}"}
         elif action.nargs == 0:  # store_true / store_false
@@ -124,11 +123,7 @@ def template_metadata(parser: Optional[argparse.ArgumentParser] = None) -> dict:
     """The Flex Template's metadata.json: one parameter per flag of the parser."""
     parser = parser or preprocess.build_parser()
     parameters = []
-    for action in parser._actions:  # pylint: disable=protected-access
-        flag = _long_option(action)
-        if flag is None or isinstance(action, argparse._HelpAction):  # pylint: disable=protected-access
-            continue
-        name = flag[2:].replace("-", "_")
+    for name, _, action in _flag_actions(parser):
         boolean = name in BOOLEAN_FLAGS
         # BooleanOptionalAction adds its own "(default: %(default)s)" to the help.
         text = (action.help or name.replace("_", " ")).replace(
