@@ -5,7 +5,7 @@
     python -m trainer.detect --model-dir JOB long.wav --truth long.csv   # recall, false accepts
 
 Each file is read in blocks (a 10-hour file costs the memory of a few seconds); the
-model scores one-second windows every 100 ms, a batch of windows per call; scores are
+model scores one-second windows every 96 ms, a batch of windows per call; scores are
 smoothed and an event fires when a keyword's smoothed score reaches its threshold (see
 `trainer.detection`). Thresholds and smoothing come from JOB/export/detection.json,
 which training writes for a model with an `_unknown_` class; `--threshold` overrides
