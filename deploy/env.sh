@@ -14,6 +14,7 @@ REGISTRY="${REGION}-docker.pkg.dev/${PROJECT}/${REPOSITORY}"
 WORKER_IMAGE="${WORKER_IMAGE-${REGISTRY}/beam-worker:${TAG}}"      # deploy/dataflow/Dockerfile
 LAUNCHER_IMAGE="${LAUNCHER_IMAGE:-${REGISTRY}/preprocess-launcher:${TAG}}"  # flex_template/
 TRAINER_IMAGE="${TRAINER_IMAGE:-${REGISTRY}/trainer:${TAG}}"       # deploy/vertex/Dockerfile
+TRAINER_GPU_IMAGE="${TRAINER_GPU_IMAGE:-${REGISTRY}/trainer-gpu:${TAG}}"  # same, with CUDA
 
 # Worker identity for Dataflow and Vertex AI ("" = the project's default service accounts).
 SERVICE_ACCOUNT="${SERVICE_ACCOUNT:-}"

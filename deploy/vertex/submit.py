@@ -6,14 +6,23 @@ with gcloud), from the same spec, deploy/vertex/job.yaml::
         --data-dir gs://BUCKET/runs/RUN/data --base-output-dir gs://BUCKET/runs/RUN/train-1 \\
         -- --epochs 30
     python deploy/vertex/submit.py ... --dry-run    # print the worker pools, submit nothing
+    python deploy/vertex/submit.py ... --replicas 3 \\
+        --accelerator-type NVIDIA_TESLA_T4 --accelerator-count 2 --image .../trainer-gpu:TAG
 
 Arguments after `--` are passed to `python -m trainer.task`. The trainer writes to
 BASE_OUTPUT_DIR/model/ (AIP_MODEL_DIR).
+
+With --replicas N the job has two worker pools: the chief, and N - 1 workers on the same
+machine type with the same accelerators. Vertex AI gives each replica a TF_CONFIG that
+names them all; trainer.task then trains with MultiWorkerMirroredStrategy (the recipe's
+batch per replica; see trainer/distribute.py), and only the chief writes the model.
+A GPU needs the image built by `deploy/build_image.sh trainer-gpu`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import string
@@ -35,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="gs:// folder; the model goes to its model/ sub-folder")
     parser.add_argument("--machine-type", default="n1-standard-8")
     parser.add_argument("--accelerator-type", default="ACCELERATOR_TYPE_UNSPECIFIED")
-    parser.add_argument("--accelerator-count", type=int, default=0)
+    parser.add_argument("--accelerator-count", type=int, default=0,
+                        help="accelerators per replica")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="machines training together: the chief and N - 1 workers "
+                             "(a second worker pool)")
     parser.add_argument("--display-name", default="kws-train")
     parser.add_argument("--service-account", default=None)
     parser.add_argument("--dry-run", action="store_true",
@@ -54,6 +67,16 @@ def snake_case(value: Any) -> Any:
     return value
 
 
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exits with one usage line (code 2) for a count Vertex AI would refuse."""
+    if args.replicas < 1:
+        parser.error(f"--replicas {args.replicas}: must be at least 1")
+    if args.accelerator_count < 0:
+        parser.error(f"--accelerator-count {args.accelerator_count}: must be 0 or more")
+    if args.accelerator_count and args.accelerator_type == "ACCELERATOR_TYPE_UNSPECIFIED":
+        parser.error("--accelerator-count needs --accelerator-type (e.g. NVIDIA_TESLA_T4)")
+
+
 def job_spec(args: argparse.Namespace) -> dict:
     """job.yaml with the values of `args` filled in, as submit.sh renders it."""
     import yaml
@@ -67,6 +90,10 @@ def job_spec(args: argparse.Namespace) -> dict:
             for key in ("acceleratorType", "acceleratorCount"):
                 pool["machineSpec"].pop(key, None)
         pool["containerSpec"]["args"] += args.trainer_args
+    if args.replicas > 1:
+        workers = copy.deepcopy(spec["workerPoolSpecs"][0])
+        workers["replicaCount"] = args.replicas - 1
+        spec["workerPoolSpecs"].append(workers)
     return spec
 
 
@@ -83,7 +110,9 @@ def submit(args: argparse.Namespace, spec: dict) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
     spec = job_spec(args)
     if args.dry_run:
         print(json.dumps(snake_case(spec), indent=2))
