@@ -10,6 +10,7 @@ timed wall-clock from start to exit, it measures:
   preprocess x2  the same on the multi-process DirectRunner with 2 workers;
   input          one epoch of trainer.task's training input (the recipe of --model:
                  shuffle buffer, parse, augmentation) read from the first one's shards,
+                 timed from its second batch (the first traces the pipeline),
 
 with the peak memory of each (the resident memory of the process and its children,
 summed, sampled every 50 ms) and the TFRecord bytes written. Ratios are against the 1x
@@ -231,11 +232,11 @@ def read_input(run_dir: str, model: Optional[str]) -> dict:
     args = argparse.Namespace(seed=42, shuffle_buffer=4096, data_dir=run_dir)
     files = data.shard_files(run_dir, contract.TRAIN)
     steps = recipe.steps_per_epoch(size)
+    batches = iter(recipe.train_dataset(files, args).take(steps))
+    next(batches)  # the first batch: tracing and the shuffle buffer's first fill
     start = time.perf_counter()
-    examples = 0
-    for _, labels in recipe.train_dataset(files, args).take(steps):
-        examples += int(labels.shape[0])
-    return {"model": name, "examples": examples,
+    examples = sum(int(labels.shape[0]) for _, labels in batches)
+    return {"model": name, "examples": examples, "steps": steps,
             "seconds": time.perf_counter() - start}
 
 
@@ -250,6 +251,7 @@ class Row:
     input_seconds: float
     input_examples: int
     input: Measure
+    model: str
 
 
 def measure(data_dir: Path, work_dir: Path, factor: int, model: Optional[str],
@@ -263,8 +265,8 @@ def measure(data_dir: Path, work_dir: Path, factor: int, model: Optional[str],
         runs[name] = measured_run(python + ["pipelines.preprocess", "--data-dir", str(folder),
                                             "--output-dir", str(out)] + extra)
         metadata = json.loads((out / contract.METADATA_FILE).read_text())
-        counts[name] = (metadata["examples_written"], metadata["rejected"],
-                        metadata["skipped"], metadata["files_read"])
+        counts[name] = (metadata["examples_written"], metadata["background_recordings"],
+                        metadata["rejected"], metadata["skipped"], metadata["files_read"])
         progress(f"x{factor} {name:<8} {runs[name].seconds:7.1f} s  "
                  f"{runs[name].peak_bytes / 2**20:7.0f} MB  {counts[name]}")
         if name == "prep":
@@ -272,12 +274,14 @@ def measure(data_dir: Path, work_dir: Path, factor: int, model: Optional[str],
         else:
             shutil.rmtree(out)
     if counts["prep"] != counts["prep_x2"]:
-        raise errors.UserError(f"x{factor}: the runners disagree: (written, rejected, "
-                               f"skipped, read) {counts['prep']} and {counts['prep_x2']}")
-    written, rejected, skipped, read = counts["prep"]
-    if written + rejected + skipped != read:
+        raise errors.UserError(f"x{factor}: the runners disagree: (written, background, "
+                               f"rejected, skipped, read) {counts['prep']} and "
+                               f"{counts['prep_x2']}")
+    written, background, rejected, skipped, read = counts["prep"]
+    if written + background + rejected + skipped != read:
         raise errors.UserError(f"x{factor}: {read} files read but {written} written + "
-                               f"{rejected} rejected + {skipped} skipped")
+                               f"{background} background + {rejected} rejected + "
+                               f"{skipped} skipped")
     first = work_dir / f"run-x{factor}-prep"
     command = python + ["benchmarks.scale", "--data-dir", str(folder), "--input-only",
                         str(first)] + (["--model", model] if model else [])
@@ -288,10 +292,10 @@ def measure(data_dir: Path, work_dir: Path, factor: int, model: Optional[str],
     shutil.rmtree(first)
     shutil.rmtree(folder)
     return Row(factor, written, runs["prep"], runs["prep_x2"], size, result["seconds"],
-               result["examples"], reading)
+               result["examples"], reading, result["model"])
 
 
-def format_table(rows: list[Row], model: str) -> str:
+def format_table(rows: list[Row]) -> str:
     """Seconds, peak MB and the ratios to the first row, with the targets."""
     base = rows[0]
 
@@ -320,7 +324,8 @@ def format_table(rows: list[Row], model: str) -> str:
         cells.append(f"{row.input_examples / row.input_seconds:>10.0f}{input_ratio:>6.2f}x"
                      f"{row.input.peak_bytes / 2**20:>7.0f}{memory_ratio:>5.2f}x")
         lines.append(" ".join(cells))
-    lines.append(f"prep: whole process (imports included); input: one epoch of the {model} "
+    lines.append(f"prep: whole process (imports included); input: one epoch of the "
+                 f"{base.model} "
                  "recipe's training input; x/clip: time per clip against the first row; "
                  "x: peak memory against it")
     lines.append(f"targets: time per clip <= {TIME_TARGET}x, peak memory <= {MEMORY_TARGET}x "
@@ -353,8 +358,7 @@ def run(argv: Optional[list[str]] = None) -> Optional[list[Row]]:
             shutil.rmtree(path, ignore_errors=True)
         if not args.work_dir:
             work_dir.rmdir()
-    from trainer import models
-    print(format_table(rows, args.model or models.DEFAULT_MODEL))
+    print(format_table(rows))
     return rows
 
 
