@@ -66,6 +66,7 @@ def accuracy(job_dirs: list[str], data_dir: str, count: int, seconds: float) -> 
         curve = detection.det_curve(scored, scorer.labels, config)
         metrics["recall_at"] = {str(budget): detection.best_row(curve, budget)["recall"]
                                 for budget in BUDGETS}
+        metrics["det_curve"] = curve
         metrics["threshold"] = sorted(set(config.thresholds.values()))
         metrics["smoothing"] = config.smoothing
         metrics["chosen_on"] = config.chosen_on
@@ -226,6 +227,11 @@ def _print_accuracy(result: dict) -> None:
               + ("-" if delay is None else f"{delay:.2f} s")
               + f"  (threshold {row['threshold']}, smoothing {row['smoothing']}; "
               f"test DET recall {at})")
+        print("      recall per keyword: " + "  ".join(
+            f"{label} {recall:.2f}" for label, recall in row["recall_per_keyword"].items())
+            + "   test DET (threshold: recall, FA/h): " + "  ".join(
+                f"{r['threshold']:g}: {r['recall']:.3f}, {r['false_accepts_per_hour']:.0f}"
+                for r in row["det_curve"][::4]))
     mean = result["mean"]
     met = (mean["recall"] >= TARGET_RECALL
            and mean["false_accepts_per_hour"] <= TARGET_FA_PER_HOUR)

@@ -135,6 +135,7 @@ def test_metrics_count_duplicates_unknowns_and_wrong_labels_as_false_accepts():
     assert metrics["false_accepts_per_hour"] == pytest.approx(6.0)
     assert metrics["wrong_label"] == 1 and metrics["wrong_label_rate"] == pytest.approx(1 / 3)
     assert metrics["mean_delay_s"] == pytest.approx((0.2 + 0.3) / 2)
+    assert metrics["recall_per_keyword"] == {"no": 0.5, "yes": 1.0}
 
 
 def test_operating_point_is_chosen_above_the_false_alarms():

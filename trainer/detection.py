@@ -26,6 +26,7 @@ events; the delay is an event's time after its keyword's end.
 from __future__ import annotations
 
 import bisect
+import collections
 import dataclasses
 import json
 import math
@@ -326,6 +327,9 @@ def stream_metrics(matches: Sequence[Match], duration_s: float) -> dict:
     false_accepts = sum(len(match.false_accepts) for match in matches)
     delays = [event.time - spoken.end_ms / 1000 for spoken, event in hits]
     hours = duration_s / 3600
+    said = collections.Counter(spoken.label for spoken, _ in hits)
+    said.update(spoken.label for match in matches for spoken in match.misses)
+    found = collections.Counter(spoken.label for spoken, _ in hits)
     return {
         "keywords": keywords, "hits": len(hits), "false_accepts": false_accepts,
         "wrong_label": sum(len(match.wrong_label) for match in matches),
@@ -335,6 +339,7 @@ def stream_metrics(matches: Sequence[Match], duration_s: float) -> dict:
         "wrong_label_rate": (sum(len(m.wrong_label) for m in matches) / keywords
                              if keywords else 0.0),
         "mean_delay_s": float(np.mean(delays)) if delays else None,
+        "recall_per_keyword": {label: found[label] / said[label] for label in sorted(said)},
     }
 
 
