@@ -134,17 +134,30 @@ def test_a_run_made_before_the_marker_is_replaced_with_overwrite(clips, tmp_path
     assert metadata.examples_written == 6 and (out / contract.MARKER_FILE).exists()
 
 
+BLOCKING_RUN = """
+import sys, time
+from pipelines import audio, preprocess
+featurize = audio.featurize
+def blocking(path, *args, **kwargs):
+    while path.endswith("zz_block.wav"):
+        time.sleep(1)
+    return featurize(path, *args, **kwargs)
+audio.featurize = blocking
+preprocess.main(sys.argv[1:])
+"""
+
+
 def test_a_killed_run_is_recognised_and_replaced(clips, tmp_path, capsys):
     """A real run killed mid-pipeline: marker, labels and sink temp files, no metadata.
 
-    A FIFO named like a clip blocks the run while it reads, so it is killed at a known
-    point: after its sinks have made their temporary folders.
+    One clip's read never returns, so the run is killed at a known point: after its
+    sinks have made their temporary folders.
     """
-    fifo = clips / "yes" / "zz_fifo.wav"
-    os.mkfifo(fifo)
+    blocker = clips / "yes" / "zz_block.wav"
+    blocker.write_bytes(next((clips / "yes").glob("*.wav")).read_bytes())
     out = tmp_path / "out"
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.preprocess", "--data-dir", str(clips),
+        [sys.executable, "-c", BLOCKING_RUN, "--data-dir", str(clips),
          "--output-dir", str(out)], cwd=REPO, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
     try:
@@ -153,13 +166,14 @@ def test_a_killed_run_is_recognised_and_replaced(clips, tmp_path, capsys):
             assert process.poll() is None, "the run ended instead of blocking"
             time.sleep(0.2)
         time.sleep(1)
+        assert process.poll() is None, "the run ended instead of blocking"
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
     left = snapshot(out)
     assert contract.MARKER_FILE in left and contract.METADATA_FILE not in left
     assert list(out.glob("*/beam-temp-*"))
-    fifo.unlink()
+    blocker.unlink()
 
     args = ["--data-dir", str(clips), "--output-dir", str(out)]
     assert preprocess.main(args) == 2

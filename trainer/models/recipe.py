@@ -122,7 +122,7 @@ class Recipe:
         """The recipe as plain values, for metrics.json."""
         values = dataclasses.asdict(self)
         values["serving"] = getattr(self.serving, "__qualname__", None)
-        return {"recipe": type(self).__name__, **values}
+        return values
 
 
 def background_bank(data_dir: str) -> Optional[augment.NoiseBank]:
