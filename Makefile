@@ -35,7 +35,8 @@ SUBSET_ZIP ?= ../shared/data/speech_commands_subset.zip
 EXTRA_ZIP ?= ../shared/data/speech_commands_extra.zip
 BENCH ?= runs/bench
 bench: setup
-	rm -rf $(BENCH) && mkdir -p $(BENCH) && unzip -q $(SUBSET_ZIP) -d $(BENCH)
+	@if [ -e $(BENCH) ]; then echo "error: $(BENCH) exists: remove it (make clean) or set BENCH=another/folder" >&2; exit 2; fi
+	mkdir -p $(BENCH) && unzip -q $(SUBSET_ZIP) -d $(BENCH)
 	$(BIN)/python -m benchmarks.preprocess --data-dir $(BENCH)/speech_commands_subset --work-dir $(BENCH)/prep
 	unzip -q $(EXTRA_ZIP) 'speech_commands_extra/_background_noise_/*' -d $(BENCH)
 	mv $(BENCH)/speech_commands_extra/_background_noise_ $(BENCH)/speech_commands_subset/
@@ -43,5 +44,6 @@ bench: setup
 	$(BIN)/python -m benchmarks.compare --data-dir $(BENCH)/data --work-dir $(BENCH)/compare --models kws tutorial --seeds 42 1 2 --reference
 	$(BIN)/python -m benchmarks.training --data-dir $(BENCH)/data --job-dir $(BENCH)/compare/tutorial-seed42 --job-dir $(BENCH)/compare/kws-seed42
 
+# Removes the folders that demo and bench write, nothing else.
 clean:
-	rm -rf runs
+	rm -rf $(RUN) $(BENCH)
