@@ -20,7 +20,8 @@ target of a pipeline within 1.5x of the baseline::
     python -m benchmarks.preprocess --baseline --data-dir data/sample --output-dir /tmp/baseline
 
 The work folder is local (the outputs are counted by reading them); without --work-dir a
-temporary one is used and removed, with it the last run of each contender is kept there.
+temporary one is used and removed; a --work-dir must be new or empty, and the last run of
+each contender is kept there.
 """
 
 from __future__ import annotations
@@ -262,6 +263,9 @@ def run(argv: Optional[list[str]] = None) -> Optional[list[Timing]]:
         raise errors.UserError(f"{args.data_dir}: not a local folder")
     data_dir = str(Path(args.data_dir).resolve())
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="kws-benchmark-"))
+    if args.work_dir and work_dir.exists() and any(work_dir.iterdir()):
+        raise errors.UserError(f"{work_dir}: not empty (the benchmark writes and removes "
+                               "its own folders there)")
     try:
         timings = measure(data_dir, work_dir, args.repeat,
                           lambda line: print(line, file=sys.stderr, flush=True))
