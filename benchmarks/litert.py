@@ -143,7 +143,7 @@ def run(argv: Optional[list[str]] = None) -> dict:
         print("note: TensorFlow was already running; the SavedModel is timed on its "
               "default threads")
     job_dir = args.job_dir.rstrip("/")
-    export_dir = artifacts.export_dir_of(job_dir)
+    export_dir = contract.find_export(job_dir)
     labels = artifacts.read_model_labels(export_dir)
     waveforms, truth = test_split(args.data_dir)
     contents, sizes = {}, {SAVEDMODEL: savedmodel_bytes(export_dir)}

@@ -10,6 +10,9 @@ A preprocessing run writes, under its output directory::
     OUT/rejected/rejected-SSSSS-of-NNNNN.jsonl     {"path": ..., "reason": ...} per bad input
     OUT/background/data-00000-of-00001.tfrecord    the noise recordings, for augmentation
 
+A training job exports its model as JOB/export/saved_model.pb with labels.txt beside
+it; `find_export` finds that folder for every command given JOB or JOB/export.
+
 This module owns the feature names, shapes and dtypes, and keeps `serialize_example`
 and `parse_example` side by side so the two can never drift apart. It also owns
 metadata.json: `RunMetadata` is written and read through the same fields, and
@@ -31,6 +34,8 @@ from collections.abc import Mapping
 from typing import Any, Iterator, Optional
 
 import numpy as np
+
+from pipelines import errors
 
 # The version of the record layout and of the settings below. Bump it with any change
 # to them; `check_metadata` also compares each setting, so a run made with other values
@@ -73,11 +78,36 @@ REJECTED_PREFIX = "rejected"
 REJECTED_SUFFIX = ".jsonl"
 BACKGROUND_NOISE_DIR = "_background_noise_"  # input folder of long noise recordings
 BACKGROUND = "background"  # output folder: one record per noise recording, for augmentation
+EXPORT_DIR = "export"  # inside a training job: the SavedModel, labels.txt, LiteRT files
+SAVED_MODEL_FILE = "saved_model.pb"
 
 
 def shard_pattern(output_dir: str, split: str) -> str:
     """Glob that matches every shard of one split, compressed or not."""
     return f"{output_dir.rstrip('/')}/{split}/{SHARD_PREFIX}-*-of-*{SHARD_SUFFIX}*"
+
+
+def find_export(model_dir: str, name: str = SAVED_MODEL_FILE,
+                missing: Optional[str] = None) -> str:
+    """The folder holding a job's exported `name`: MODEL_DIR/export or MODEL_DIR itself.
+
+    `model_dir` is local or gs:// (read through Beam's FileSystems, not TensorFlow). The
+    folder must hold labels.txt beside `name`. Otherwise raises `errors.UserError`, one
+    line naming the path; `missing` is what it says when neither folder holds `name`.
+    """
+    from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+    base = model_dir.rstrip("/")
+    for folder in (f"{base}/{EXPORT_DIR}", base):
+        if FileSystems.exists(f"{folder}/{name}"):
+            if not FileSystems.exists(f"{folder}/{LABELS_FILE}"):
+                raise errors.UserError(f"{folder}: {LABELS_FILE} missing beside {name}")
+            return folder
+    if not (FileSystems.exists(base)  # a gs:// folder is only a prefix of its files
+            or FileSystems.match([f"{base}/*"], limits=[1])[0].metadata_list):
+        raise errors.UserError(f"{model_dir}: model directory not found")
+    raise errors.UserError(f"{model_dir}: " + (missing or (
+        f"no exported model here (expected {EXPORT_DIR}/{SAVED_MODEL_FILE} from "
+        "python -m trainer.task)")))
 
 
 # --- serialization (plain Python, no TensorFlow) -----------------------------------

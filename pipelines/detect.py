@@ -45,7 +45,6 @@ from apache_beam.utils import shared
 from pipelines import audio, contract, errors, transforms
 from trainer import detection, streams
 
-EXPORT_DIR = "export"  # where trainer.task writes the SavedModel inside a job directory
 EVENTS = "events"
 CHUNK_SECONDS = 60.0
 NAMESPACE = "detect"
@@ -239,21 +238,6 @@ def build_pipeline(pipeline: beam.Pipeline, input_pattern: str, model_dir: str,
          f"{output}/{contract.REJECTED_DIR}/rejected", file_name_suffix=".jsonl"))
 
 
-def find_export(model_dir: str) -> str:
-    """MODEL_DIR/export or MODEL_DIR itself, whichever holds the SavedModel."""
-    base = model_dir.rstrip("/")
-    for candidate in (f"{base}/{EXPORT_DIR}", base):
-        if FileSystems.exists(f"{candidate}/saved_model.pb"):
-            if not FileSystems.exists(f"{candidate}/{contract.LABELS_FILE}"):
-                raise errors.UserError(f"{candidate}: {contract.LABELS_FILE} missing beside "
-                                       "the SavedModel")
-            return candidate
-    if not FileSystems.exists(base):
-        raise errors.UserError(f"{model_dir}: model directory not found")
-    raise errors.UserError(f"{model_dir}: no exported model (expected {EXPORT_DIR}/"
-                           "saved_model.pb from python -m trainer.task)")
-
-
 def _read_text(path: str) -> str:
     with FileSystems.open(path) as handle:
         return handle.read().decode("utf-8")
@@ -327,7 +311,7 @@ def _counter(result, name: str) -> Optional[int]:
 
 def run(argv: Optional[list[str]] = None) -> dict:
     args, beam_args = build_parser().parse_known_args(argv)
-    export_dir = find_export(args.model_dir)
+    export_dir = contract.find_export(args.model_dir)
     labels = contract.parse_labels(_read_text(f"{export_dir}/{contract.LABELS_FILE}"))
     config = load_config(export_dir, labels, args.threshold)
     if not FileSystems.match([args.input])[0].metadata_list:

@@ -44,7 +44,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import audio, contract, errors, transforms
 
-EXPORT_DIR = "export"  # where trainer.task writes the SavedModel inside a job directory
 SIGNATURE = "examples"
 PREDICTIONS = "predictions"
 REJECTED_PREFIX = "rejected"
@@ -89,19 +88,6 @@ def ListFiles(pipeline, pattern: str):  # pylint: disable=invalid-name
             | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
             | "Paths" >> beam.Map(lambda metadata: path_bytes(metadata.path))
             | "Spread" >> beam.Reshuffle())
-
-
-def find_export(model_dir: str) -> str:
-    """MODEL_DIR/export or MODEL_DIR itself, whichever holds the SavedModel."""
-    base = model_dir.rstrip("/")
-    for candidate in (f"{base}/{EXPORT_DIR}", base):
-        if FileSystems.exists(f"{candidate}/saved_model.pb"):
-            if not FileSystems.exists(f"{candidate}/{contract.LABELS_FILE}"):
-                raise errors.UserError(f"{candidate}: {contract.LABELS_FILE} missing beside "
-                                       "the SavedModel")
-            return candidate
-    raise errors.UserError(f"{model_dir}: no exported model (expected {EXPORT_DIR}/"
-                           "saved_model.pb from python -m trainer.task)")
 
 
 class ToInferenceExample(beam.DoFn):
@@ -229,7 +215,7 @@ def run(argv: Optional[list[str]] = None) -> dict:
     args, beam_args = parser.parse_known_args(argv)
     if args.num_shards < 0:
         parser.error(f"--num-shards must be 0 or more, got {args.num_shards}")
-    export_dir = find_export(args.model_dir)
+    export_dir = contract.find_export(args.model_dir)
     with FileSystems.open(f"{export_dir}/{contract.LABELS_FILE}") as handle:
         labels = contract.parse_labels(handle.read().decode("utf-8"))
     listed = len(FileSystems.match([args.input])[0].metadata_list)

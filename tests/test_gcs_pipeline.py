@@ -106,7 +106,7 @@ def test_batch_prediction_reads_and_writes_gcs(staged, tmp_path):
     # An untrained tutorial network is enough to compare the two prediction paths.
     job = tmp_path / "job"
     export.export_model(tutorial.build(len(LABELS)), list(LABELS),
-                        str(job / export.EXPORT_DIR))
+                        str(job / contract.EXPORT_DIR))
     (job / contract.LABELS_FILE).write_text(contract.format_labels(list(LABELS)))
     out = f"{staged}/predictions"
     counts = batch_predict.run(["--input", f"{staged}/in/**/*.wav", "--model-dir", str(job),

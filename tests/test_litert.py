@@ -195,17 +195,17 @@ def trained_job(data_dir, tmp_path_factory):
 
 def test_default_training_run_writes_both_files(trained_job):
     for name in (litert.FLOAT_FILE, litert.INT8_FILE):
-        model = litert.LiteRTModel(str(trained_job / export.EXPORT_DIR / name))
+        model = litert.LiteRTModel(str(trained_job / contract.EXPORT_DIR / name))
         assert model.num_labels == len(LABELS)
     for name in (litert_stream.FLOAT_FILE, litert_stream.INT8_FILE):
-        stream = litert_stream.StreamingModel(str(trained_job / export.EXPORT_DIR / name))
+        stream = litert_stream.StreamingModel(str(trained_job / contract.EXPORT_DIR / name))
         assert stream.step(np.zeros(litert_stream.FRAME_SAMPLES)).shape == (len(LABELS),)
     assert litert.job_model_name(str(trained_job)) == models.DEFAULT_MODEL
 
 
 def test_litert_cli_refuses_to_overwrite_and_rewrites_with_overwrite(trained_job, data_dir,
                                                                      capsys):
-    int8 = trained_job / export.EXPORT_DIR / litert.INT8_FILE
+    int8 = trained_job / contract.EXPORT_DIR / litert.INT8_FILE
     before = int8.read_bytes()
     capsys.readouterr()
     assert litert.main(["--job-dir", str(trained_job), "--data-dir", str(data_dir)]) == 2

@@ -12,7 +12,7 @@ from trainer import export, models as _models  # noqa: F401  (registers custom l
 
 def read_model_labels(job_dir: str) -> list[str]:
     for path in (f"{job_dir}/{contract.LABELS_FILE}",
-                 f"{job_dir}/{export.EXPORT_DIR}/{contract.LABELS_FILE}"):
+                 f"{job_dir}/{contract.EXPORT_DIR}/{contract.LABELS_FILE}"):
         if tf.io.gfile.exists(path):
             with tf.io.gfile.GFile(path, "r") as handle:
                 return contract.parse_labels(handle.read())
@@ -30,21 +30,9 @@ def load_keras_model(job_dir: str) -> keras.Model:
         raise UserError(f"{path}: cannot load the model ({first_line(error)})") from None
 
 
-def export_dir_of(model_dir: str) -> str:
-    """The SavedModel directory: MODEL_DIR/export, or MODEL_DIR itself if it is one."""
-    model_dir = model_dir.rstrip("/")
-    for candidate in (f"{model_dir}/{export.EXPORT_DIR}", model_dir):
-        if tf.io.gfile.exists(f"{candidate}/saved_model.pb"):
-            return candidate
-    if not tf.io.gfile.exists(model_dir):
-        raise UserError(f"{model_dir}: model directory not found")
-    raise UserError(f"{model_dir}: no exported model here (expected {export.EXPORT_DIR}/"
-                    "saved_model.pb from python -m trainer.task)")
-
-
 def load_serving_model(model_dir: str):
     """The exported SavedModel; checks it has this project's signatures."""
-    path = export_dir_of(model_dir)
+    path = contract.find_export(model_dir)
     try:
         loaded = tf.saved_model.load(path)
     except Exception as error:  # pylint: disable=broad-except

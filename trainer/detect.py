@@ -54,7 +54,7 @@ class Scorer:
 
     def __init__(self, model_dir: str, batch_windows: int = BATCH_WINDOWS,
                  engine: str = "savedmodel"):
-        self.export_dir = artifacts.export_dir_of(model_dir)
+        self.export_dir = contract.find_export(model_dir)
         self.batch_windows = batch_windows
         self.lite_model = None  # with a LiteRT engine: its model, run a window at a time
         if engine != "savedmodel":

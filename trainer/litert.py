@@ -48,7 +48,7 @@ from tensorflow.python.framework import convert_to_constants  # noqa: E402
 
 from pipelines import contract  # noqa: E402
 from pipelines.errors import UserError, first_line, run_cli  # noqa: E402
-from trainer import artifacts, data, export, models  # noqa: E402
+from trainer import artifacts, data, models  # noqa: E402
 from trainer.models import kws  # noqa: E402
 
 FLOAT_FILE = "model.tflite"
@@ -318,14 +318,10 @@ ENGINE_FILES = {"tflite": FLOAT_FILE, "tflite-int8": INT8_FILE}
 def engine_file(model_dir: str, engine: str) -> str:
     """The LiteRT file of `engine` in a job (JOB/export/FILE) or export directory."""
     name = ENGINE_FILES[engine]
-    model_dir = model_dir.rstrip("/")
-    for candidate in (f"{model_dir}/{export.EXPORT_DIR}/{name}", f"{model_dir}/{name}"):
-        if tf.io.gfile.exists(candidate):
-            return candidate
-    if not tf.io.gfile.exists(model_dir):
-        raise UserError(f"{model_dir}: model directory not found")
-    raise UserError(f"{model_dir}: no {export.EXPORT_DIR}/{name} for --engine {engine} "
-                    "(write it with python -m trainer.litert --job-dir JOB --data-dir DATA)")
+    folder = contract.find_export(model_dir, name, missing=(
+        f"no {contract.EXPORT_DIR}/{name} for --engine {engine} (write it with "
+        "python -m trainer.litert --job-dir JOB --data-dir DATA)"))
+    return f"{folder}/{name}"
 
 
 def load_engine(model_dir: str, engine: str, num_threads: int = 1
@@ -499,7 +495,7 @@ def run(argv: Optional[list[str]] = None) -> dict[str, str]:
     if args.clips < 1:
         parser.error("--clips must be at least 1")
     job_dir = args.job_dir.rstrip("/")
-    export_dir = artifacts.export_dir_of(job_dir)
+    export_dir = contract.find_export(job_dir)
     from trainer import litert_stream  # pylint: disable=import-outside-toplevel
     existing = [name for name in (FLOAT_FILE, INT8_FILE, litert_stream.FLOAT_FILE,
                                   litert_stream.INT8_FILE)

@@ -37,7 +37,7 @@ class Predictor:
         if engine == "savedmodel":
             self.model = artifacts.load_serving_model(model_dir)
             self._serve = self.model.signatures["waveform"]
-            self.labels = artifacts.read_model_labels(artifacts.export_dir_of(model_dir))
+            self.labels = artifacts.read_model_labels(contract.find_export(model_dir))
         else:  # a LiteRT file: one clip at a time, padded or cut to one second
             self.model, self.labels = litert.load_engine(model_dir, engine)
         outputs = len(self._probabilities(np.zeros(contract.CLIP_SAMPLES, np.float32)))
