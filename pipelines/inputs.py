@@ -13,7 +13,7 @@ one line (`errors.UserError`) instead of a failed job. Every entry gets an outco
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -59,9 +59,17 @@ def is_utf8(text: str) -> bool:
     return True
 
 
-def printable(text: str) -> str:
-    """A name with undecodable bytes written as \\xNN, for messages and rejected/."""
-    return os.fsencode(text).decode("utf-8", "backslashreplace")
+def path_bytes(path: str) -> bytes:
+    """A path as bytes: local names that are not UTF-8 arrive with surrogate escapes,
+    which Beam's str coder cannot encode; bytes travel between steps unchanged."""
+    return path.encode("utf-8", "surrogateescape")
+
+
+def printable(path: Union[str, bytes]) -> str:
+    """A name (text or `path_bytes`) as valid UTF-8, undecodable bytes written as \\xNN,
+    for messages and outputs."""
+    raw = path if isinstance(path, bytes) else path_bytes(path)
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def _within(path: str, folder: str) -> bool:

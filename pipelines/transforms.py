@@ -44,12 +44,18 @@ def is_readable_file(path: str) -> bool:
 
 
 @beam.ptransform_fn
-def MatchPatterns(pipeline, patterns: Iterable[str]):  # pylint: disable=invalid-name
-    """Lists every file matching any of `patterns`, spread out for parallel reading."""
+def MatchPatterns(pipeline, patterns: Iterable[str],  # pylint: disable=invalid-name
+                  as_bytes: bool = False):
+    """Lists every file matching any of `patterns`, spread out for parallel reading.
+
+    With `as_bytes`, each path is `inputs.path_bytes` of it, so names that are not UTF-8
+    travel too.
+    """
+    path = inputs.path_bytes if as_bytes else (lambda text: text)
     return (pipeline
             | "Patterns" >> beam.Create(list(patterns))
             | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
-            | "Paths" >> beam.Map(lambda metadata: metadata.path)
+            | "Paths" >> beam.Map(lambda metadata: path(metadata.path))
             | "Spread" >> beam.Reshuffle())
 
 

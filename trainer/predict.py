@@ -25,7 +25,7 @@ import_tensorflow_quietly()
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipelines import audio, contract  # noqa: E402
+from pipelines import audio, contract, inputs  # noqa: E402
 from pipelines.errors import PartialFailure, UserError, run_cli  # noqa: E402
 from trainer import artifacts, litert  # noqa: E402
 
@@ -63,13 +63,8 @@ def top_k(probabilities: np.ndarray, labels: list[str], k: int) -> list[tuple[st
 
 def read(path: str) -> bytes:
     """The file's bytes; a local name that is not UTF-8 is opened by its raw bytes."""
-    with tf.io.gfile.GFile(path.encode("utf-8", "surrogateescape"), "rb") as handle:
+    with tf.io.gfile.GFile(inputs.path_bytes(path), "rb") as handle:
         return handle.read()
-
-
-def shown(path: str) -> str:
-    """A path as printable text (bytes that are not UTF-8 as \\xNN escapes)."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 LONG_RECORDING_SECONDS = 1.5
@@ -105,7 +100,7 @@ def run(argv: Optional[list[str]] = None) -> list[dict]:
     predictor = Predictor(args.model_dir, args.engine)
     results, failed = [], []
     for path in args.files:
-        name = shown(path)
+        name = inputs.printable(path)
         try:
             data = read(path)
             probabilities = predictor.probabilities(data)
