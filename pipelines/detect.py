@@ -38,11 +38,10 @@ import soundfile
 import soxr
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils import shared
 
-from pipelines import audio, contract, errors, transforms
+from pipelines import audio, batch, contract, errors, outputs, transforms
 from trainer import detection, streams
 
 EVENTS = "events"
@@ -231,16 +230,10 @@ def build_pipeline(pipeline: beam.Pipeline, input_pattern: str, model_dir: str,
              | "Fire" >> beam.ParDo(FireEvents(config, labels)).with_outputs(
                  transforms.REJECTED, main="events"))
     (fired.events
-     | "WriteEvents" >> beam.io.WriteToText(f"{output}/{EVENTS}", file_name_suffix=".jsonl"))
+     | "WriteEvents" >> batch.write_shards(f"{output}/{EVENTS}"))
     ((chunks[transforms.REJECTED], fired[transforms.REJECTED])
      | "MergeRejected" >> beam.Flatten()
-     | "WriteRejected" >> beam.io.WriteToText(
-         f"{output}/{contract.REJECTED_DIR}/rejected", file_name_suffix=".jsonl"))
-
-
-def _read_text(path: str) -> str:
-    with FileSystems.open(path) as handle:
-        return handle.read().decode("utf-8")
+     | "WriteRejected" >> batch.write_shards(batch.rejected_prefix(output)))
 
 
 def load_config(export_dir: str, labels: list[str], threshold: Optional[float]
@@ -253,7 +246,7 @@ def load_config(export_dir: str, labels: list[str], threshold: Optional[float]
     path = f"{export_dir}/{detection.CONFIG_FILE}"
     if FileSystems.exists(path):
         try:
-            config = detection.config_from_json(_read_text(path), labels)
+            config = detection.config_from_json(outputs.read_text(path), labels)
         except (ValueError, TypeError, KeyError) as error:
             raise errors.UserError(f"{path}: not a detection config ({error})") from None
     else:
@@ -262,16 +255,6 @@ def load_config(export_dir: str, labels: list[str], threshold: Optional[float]
             print(f"note: {export_dir}: no {detection.CONFIG_FILE}; threshold "
                   f"{detection.DEFAULT_THRESHOLD} for every keyword", file=sys.stderr)
     return config.with_threshold(threshold) if threshold is not None else config
-
-
-def _threshold(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return value
 
 
 def _positive(text: str) -> float:
@@ -285,53 +268,34 @@ def _positive(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.detect", description=__doc__.split("\n\n")[0],
-        epilog="Any other flag is passed to Beam's PipelineOptions (--runner, --project, ...).")
-    parser.add_argument("--input", required=True,
-                        help="file pattern of WAV files, e.g. 'gs://bucket/audio/**/*.wav'")
-    parser.add_argument("--model-dir", required=True,
-                        help="training job directory (or its export/ SavedModel)")
-    parser.add_argument("--output", required=True, help="output folder (local or gs://)")
-    parser.add_argument("--threshold", type=_threshold, default=None,
+    parser = batch.batch_parser("python -m pipelines.detect", __doc__)
+    parser.add_argument("--threshold", type=detection.threshold_arg, default=None,
                         help="one threshold for every keyword, instead of detection.json's")
     parser.add_argument("--chunk-seconds", type=_positive, default=CHUNK_SECONDS,
                         help=f"audio per unit of work (default {CHUNK_SECONDS:g})")
     return parser
 
 
-def _counter(result, name: str) -> Optional[int]:
-    try:
-        counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE)
-                                          .with_name(name))["counters"]
-    except Exception:  # pylint: disable=broad-except  # some runners report no metrics
-        return None
-    return sum(counter.committed or counter.attempted or 0 for counter in counters)
-
-
 def run(argv: Optional[list[str]] = None) -> dict:
     args, beam_args = build_parser().parse_known_args(argv)
-    export_dir = contract.find_export(args.model_dir)
-    labels = contract.parse_labels(_read_text(f"{export_dir}/{contract.LABELS_FILE}"))
+    export_dir, labels = batch.load_export(args.model_dir)
     config = load_config(export_dir, labels, args.threshold)
-    if not FileSystems.match([args.input])[0].metadata_list:
-        raise errors.UserError(f"{args.input}: no files match")
+    batch.count_inputs(args.input)
     output = args.output.rstrip("/")
-    for pattern in (f"{output}/{EVENTS}-*", f"{output}/{contract.REJECTED_DIR}/rejected-*"):
-        if FileSystems.match([pattern])[0].metadata_list:
-            raise errors.UserError(f"{output}: already holds the output of a run "
-                                   f"({pattern}); choose another --output")
+    events, rejected = (batch.shards_of(f"{output}/{EVENTS}"),
+                        batch.shards_of(batch.rejected_prefix(output)))
+    batch.prepare_output(output, (events, rejected))
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
     build_pipeline(pipeline, args.input, export_dir, labels, config, output,
                    args.chunk_seconds)
     result = pipeline.run()
     result.wait_until_finish()
-    counts = {name: _counter(result, name)
+    counts = {name: batch.counter(result, NAMESPACE, name)
               for name in ("files", "detected", "rejected", "chunks", "events")}
     print(f"files {counts['files']} = detected {counts['detected']} + rejected "
           f"{counts['rejected']}; "
           f"{counts['events']} events from {counts['chunks']} chunks: "
-          f"{output}/{EVENTS}-*.jsonl, {output}/{contract.REJECTED_DIR}/")
+          f"{events}, {rejected}")
     return counts
 
 

@@ -31,63 +31,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from typing import Optional
 
 import apache_beam as beam
-from apache_beam.io import fileio
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import audio, contract, errors, transforms
+from pipelines import audio, batch, contract, errors, inputs, transforms
 
 SIGNATURE = "examples"
 PREDICTIONS = "predictions"
-REJECTED_PREFIX = "rejected"
-SHARDS_SUFFIX = ".jsonl"
-# The names WriteToText gives its shards with the default template: PREFIX-00000-of-00003.
-_SHARD_NAME = re.compile(r"-\d{5,}-of-\d{5,}" + re.escape(SHARDS_SUFFIX) + "$")
+NAMESPACE = "predict"
 
 
 def result_patterns(output: str) -> dict[str, str]:
-    """Glob of each kind of file a run writes under `output`, by kind."""
-    return {PREDICTIONS: f"{output}/{PREDICTIONS}-*-of-*{SHARDS_SUFFIX}",
-            REJECTED_PREFIX: f"{output}/{contract.REJECTED_DIR}/{REJECTED_PREFIX}-*-of-*"
-                             f"{SHARDS_SUFFIX}"}
-
-
-def earlier_results(output: str) -> list[str]:
-    """The files under `output` named as this command names its shards, sorted."""
-    found = []
-    for pattern in result_patterns(output).values():
-        for match in FileSystems.match([pattern])[0].metadata_list:
-            if _SHARD_NAME.search(match.path):
-                found.append(match.path)
-    return sorted(found)
-
-
-def path_bytes(path: str) -> bytes:
-    """A path as bytes: local names that are not UTF-8 arrive with surrogate escapes,
-    which Beam's str coder cannot encode; bytes travel between steps unchanged."""
-    return path.encode("utf-8", "surrogateescape")
-
-
-def shown_path(raw: bytes) -> str:
-    """The path as written in the output: valid UTF-8, undecodable bytes as \\xNN."""
-    return raw.decode("utf-8", "backslashreplace")
-
-
-@beam.ptransform_fn
-def ListFiles(pipeline, pattern: str):  # pylint: disable=invalid-name
-    """Every file matching `pattern`, as the bytes of its path, spread out for reading."""
-    return (pipeline
-            | "Pattern" >> beam.Create([pattern])
-            | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
-            | "Paths" >> beam.Map(lambda metadata: path_bytes(metadata.path))
-            | "Spread" >> beam.Reshuffle())
+    """Glob of each kind of shard a run writes under `output`, by kind."""
+    return {PREDICTIONS: batch.shards_of(f"{output}/{PREDICTIONS}"),
+            contract.REJECTED_DIR: batch.shards_of(batch.rejected_prefix(output))}
 
 
 class ToInferenceExample(beam.DoFn):
@@ -98,12 +59,12 @@ class ToInferenceExample(beam.DoFn):
     """
 
     def __init__(self):
-        self._read = Metrics.counter("predict", "files")
-        self._rejected = Metrics.counter("predict", "rejected")
+        self._read = Metrics.counter(NAMESPACE, "files")
+        self._rejected = Metrics.counter(NAMESPACE, "rejected")
 
     def process(self, raw: bytes):
         self._read.inc()
-        path, shown = raw.decode("utf-8", "surrogateescape"), shown_path(raw)
+        path, shown = raw.decode("utf-8", "surrogateescape"), inputs.printable(raw)
         try:
             clip = audio.featurize(path)  # reads the first second only
         except audio.AudioError as error:
@@ -122,7 +83,7 @@ class FormatPrediction(beam.DoFn):
 
     def __init__(self, labels: list[str]):
         self._labels = labels
-        self._predicted = Metrics.counter("predict", "predicted")
+        self._predicted = Metrics.counter(NAMESPACE, "predicted")
 
     def process(self, log):
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -147,29 +108,19 @@ def build_pipeline(pipeline: beam.Pipeline, input_pattern: str, export_dir: str,
     spec = model_spec_pb2.InferenceSpecType(saved_model_spec=model_spec_pb2.SavedModelSpec(
         model_path=export_dir, signature_name=[SIGNATURE]))
     examples = (pipeline
-                | "List" >> ListFiles(input_pattern)
+                | "List" >> transforms.MatchPatterns([input_pattern], as_bytes=True)
                 | "Featurize" >> beam.ParDo(ToInferenceExample()).with_outputs(
                     transforms.REJECTED, main="examples"))
     (examples.examples
      | "RunInference" >> RunInference(spec)
      | "Format" >> beam.ParDo(FormatPrediction(labels))
-     | "WritePredictions" >> beam.io.WriteToText(
-         f"{output}/{PREDICTIONS}", file_name_suffix=SHARDS_SUFFIX, num_shards=num_shards))
+     | "WritePredictions" >> batch.write_shards(f"{output}/{PREDICTIONS}", num_shards))
     (examples[transforms.REJECTED]
-     | "WriteRejected" >> beam.io.WriteToText(
-         f"{output}/{contract.REJECTED_DIR}/{REJECTED_PREFIX}", file_name_suffix=SHARDS_SUFFIX,
-         num_shards=num_shards))
+     | "WriteRejected" >> batch.write_shards(batch.rejected_prefix(output), num_shards))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.predict", description=__doc__.split("\n\n")[0],
-        epilog="Any other flag is passed to Beam's PipelineOptions (--runner, --project, ...).")
-    parser.add_argument("--input", required=True,
-                        help="file pattern of WAV files, e.g. 'gs://bucket/audio/**/*.wav'")
-    parser.add_argument("--model-dir", required=True,
-                        help="training job directory (or its export/ SavedModel)")
-    parser.add_argument("--output", required=True, help="output folder (local or gs://)")
+    parser = batch.batch_parser("python -m pipelines.predict", __doc__)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the results of an earlier run in --output (only the "
                         "files named as this command names its shards are removed)")
@@ -178,62 +129,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _counter(result, name: str) -> Optional[int]:
-    try:
-        counters = result.metrics().query(MetricsFilter().with_namespace("predict")
-                                          .with_name(name))["counters"]
-    except Exception:  # pylint: disable=broad-except  # some runners report no metrics
-        return None
-    return sum(counter.committed or counter.attempted or 0 for counter in counters)
-
-
-def count_lines(pattern: str) -> int:
-    """Lines in the files matching `pattern` (the written shards, read back)."""
-    total = 0
-    for match in FileSystems.match([pattern])[0].metadata_list:
-        if _SHARD_NAME.search(match.path):
-            with FileSystems.open(match.path) as handle:
-                total += sum(1 for line in handle if line.strip())
-    return total
-
-
-def prepare_output(output: str, overwrite: bool) -> None:
-    """Refuses an output holding earlier results; with `overwrite`, removes just those."""
-    earlier = earlier_results(output)
-    if not earlier:
-        return
-    if not overwrite:
-        names = ", ".join(path[len(output) + 1:] for path in earlier[:3])
-        more = f" and {len(earlier) - 3} more" if len(earlier) > 3 else ""
-        raise errors.UserError(f"{output}: holds the results of an earlier run ({names}{more}); "
-                               "pass --overwrite to replace them, or choose another --output")
-    FileSystems.delete(earlier)
-
-
 def run(argv: Optional[list[str]] = None) -> dict:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     if args.num_shards < 0:
         parser.error(f"--num-shards must be 0 or more, got {args.num_shards}")
-    export_dir = contract.find_export(args.model_dir)
-    with FileSystems.open(f"{export_dir}/{contract.LABELS_FILE}") as handle:
-        labels = contract.parse_labels(handle.read().decode("utf-8"))
-    listed = len(FileSystems.match([args.input])[0].metadata_list)
-    if not listed:
-        raise errors.UserError(f"{args.input}: no files match")
+    export_dir, labels = batch.load_export(args.model_dir)
+    listed = batch.count_inputs(args.input)
     output = args.output.rstrip("/")
-    prepare_output(output, args.overwrite)
+    patterns = result_patterns(output)
+    batch.prepare_output(output, patterns.values(), args.overwrite)
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
     build_pipeline(pipeline, args.input, export_dir, labels, output, args.num_shards)
     result = pipeline.run()
     result.wait_until_finish()
-    files = _counter(result, "files")
-    patterns = result_patterns(output)
+    files = batch.counter(result, NAMESPACE, "files")
     counts = {"files": listed if files is None else files,
-              "predicted": count_lines(patterns[PREDICTIONS]),
-              "rejected": count_lines(patterns[REJECTED_PREFIX])}
+              "predicted": batch.count_lines(patterns[PREDICTIONS]),
+              "rejected": batch.count_lines(patterns[contract.REJECTED_DIR])}
     print(f"files read {counts['files']} = predicted {counts['predicted']} + rejected "
-          f"{counts['rejected']}: {patterns[PREDICTIONS]}, {patterns[REJECTED_PREFIX]}")
+          f"{counts['rejected']}: {patterns[PREDICTIONS]}, {patterns[contract.REJECTED_DIR]}")
     if counts["predicted"] + counts["rejected"] != counts["files"]:
         raise errors.PartialFailure(
             f"{output}: {counts['predicted'] + counts['rejected']} lines written for "

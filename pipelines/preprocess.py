@@ -37,15 +37,14 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
-from pipelines import contract, dataset, errors, graph, inputs, outputs, summary, transforms
+from pipelines import (batch, contract, dataset, errors, graph, inputs, outputs, summary,
+                       transforms)
 
 DEFAULT_MAX_REJECTED_FRACTION = 0.05
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.preprocess", description=__doc__.split("\n\n")[0],
-        epilog="Any other flag is passed to Beam's PipelineOptions (--runner, --project, ...).")
+    parser = batch.beam_parser("python -m pipelines.preprocess", __doc__)
     parser.add_argument("--data-dir", required=True,
                         help="folder of <label>/*.wav, local or gs://")
     parser.add_argument("--output-dir", required=True, help="where the run is written")

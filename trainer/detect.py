@@ -235,16 +235,6 @@ def score_audio(samples: np.ndarray, scorer: Scorer, config: detection.Config) -
 
 # --- command line -------------------------------------------------------------------
 
-def _threshold(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.detect",
                                      description=__doc__.split("\n\n")[0])
@@ -255,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which exported file scores the windows: the SavedModel, "
                              "export/model.tflite or export/model_int8.tflite (LiteRT)")
     parser.add_argument("--json", action="store_true", help="JSON Lines instead of text")
-    parser.add_argument("--threshold", type=_threshold, default=None,
+    parser.add_argument("--threshold", type=detection.threshold_arg, default=None,
                         help="one threshold for every keyword, instead of detection.json's")
     parser.add_argument("--plot", default=None,
                         help="PNG of the first file: waveform, scores over time, events")

@@ -25,6 +25,7 @@ events; the delay is an event's time after its keyword's end.
 
 from __future__ import annotations
 
+import argparse
 import bisect
 import collections
 import dataclasses
@@ -82,6 +83,17 @@ def keywords_of(labels: Sequence[str]) -> list[str]:
 
 def default_config(labels: Sequence[str], threshold: float = DEFAULT_THRESHOLD) -> Config:
     return Config({label: float(threshold) for label in keywords_of(labels)})
+
+
+def threshold_arg(text: str) -> float:
+    """A --threshold value: a number in (0, 1] (the argparse type of the detect commands)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
 
 
 def config_to_dict(config: Config) -> dict:
