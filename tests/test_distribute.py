@@ -235,3 +235,21 @@ def test_mirrored_strategy_over_two_logical_cpus(data_dir, tmp_path):
     assert settings["batch_size"] == 128 and settings["learning_rate"] == pytest.approx(0.004)
     assert settings["recipe_learning_rate"] == pytest.approx(0.002)
     assert (job / "model.keras").is_file()
+
+
+def test_workers_benchmark_trains_one_process_and_two_workers(data_dir, tmp_path, capsys):
+    from benchmarks import workers
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "mine.txt").write_text("a user's file")
+    assert workers.main(["--data-dir", str(data_dir), "--work-dir", str(tmp_path / "busy")]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (tmp_path / "busy" / "mine.txt").read_text() == "a user's file"
+
+    results = workers.run(["--data-dir", str(data_dir), "--work-dir", str(tmp_path / "w"),
+                           "--seeds", "3", "--epochs", "1"])
+    assert [row["replicas"] for row in results["one process"]] == [1]
+    assert [row["replicas"] for row in results["two workers"]] == [2]
+    printed = capsys.readouterr().out
+    assert "one process" in printed and "two workers - one process" in printed
+    for rows in results.values():
+        assert 0.0 <= rows[0]["accuracy"] <= 1.0
