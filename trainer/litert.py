@@ -229,15 +229,22 @@ def write_litert_models(model: keras.Model, labels: list[str], export_dir: str,
     contents = {"float": convert_float(model)}
     if representative_clips is not None:
         contents["int8"] = convert_int8(model, representative_clips)
-    paths = {}
-    for kind, content in contents.items():
-        paths[kind] = f"{export_dir}/{FLOAT_FILE if kind == 'float' else INT8_FILE}"
-        with tf.io.gfile.GFile(paths[kind], "wb") as handle:
-            handle.write(content)
+    paths = write_files(export_dir, contents, {"float": FLOAT_FILE, "int8": INT8_FILE})
     labels_path = f"{export_dir}/{contract.LABELS_FILE}"
     if not tf.io.gfile.exists(labels_path):
         with tf.io.gfile.GFile(labels_path, "w") as handle:
             handle.write(contract.format_labels(labels))
+    return paths
+
+
+def write_files(export_dir: str, contents: dict[str, bytes], names: dict[str, str]
+                ) -> dict[str, str]:
+    """Writes each kind's content to `export_dir`/`names[kind]`; returns {kind: path}."""
+    paths = {}
+    for kind, content in contents.items():
+        paths[kind] = f"{export_dir.rstrip('/')}/{names[kind]}"
+        with tf.io.gfile.GFile(paths[kind], "wb") as handle:
+            handle.write(content)
     return paths
 
 
@@ -284,19 +291,29 @@ def pad_or_trim(waveform: np.ndarray) -> np.ndarray:
     return clip
 
 
+def load_interpreter(path: Optional[str] = None, content: Optional[bytes] = None,
+                     num_threads: int = 1):
+    """`content`, or the file at `path` (local or gs://), in the LiteRT interpreter.
+
+    Returns:
+      (content, interpreter, the runner of its SIGNATURE).
+    """
+    if content is None:
+        with tf.io.gfile.GFile(path, "rb") as handle:
+            content = handle.read()
+    interpreter = litert_interpreter.Interpreter(model_content=content,
+                                                 num_threads=num_threads)
+    return content, interpreter, interpreter.get_signature_runner(SIGNATURE)
+
+
 class LiteRTModel:
     """A LiteRT model file loaded into the LiteRT interpreter, run one clip at a time."""
 
     def __init__(self, path: Optional[str] = None, content: Optional[bytes] = None,
                  num_threads: int = 1):
         """Loads `content`, or the file at `path` (local or gs://); one CPU thread by default."""
-        if content is None:
-            with tf.io.gfile.GFile(path, "rb") as handle:
-                content = handle.read()
-        self.content = content
-        self.interpreter = litert_interpreter.Interpreter(model_content=content,
-                                                          num_threads=num_threads)
-        self._runner = self.interpreter.get_signature_runner(SIGNATURE)
+        self.content, self.interpreter, self._runner = load_interpreter(path, content,
+                                                                        num_threads)
         shape = tuple(self._runner.get_input_details()[INPUT]["shape"])
         if shape != (1, contract.CLIP_SAMPLES):
             raise ValueError(f"{path or 'model'}: input shape {shape}, expected "

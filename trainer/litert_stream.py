@@ -94,16 +94,10 @@ def convert_stream_int8(model: keras.Model, representative_clips: np.ndarray) ->
 def write_stream_models(model: keras.Model, export_dir: str,
                         representative_clips: Optional[np.ndarray]) -> dict[str, str]:
     """Writes FLOAT_FILE and (given clips) INT8_FILE into `export_dir`; returns the paths."""
-    export_dir = export_dir.rstrip("/")
     contents = {"float": convert_stream_float(model)}
     if representative_clips is not None:
         contents["int8"] = convert_stream_int8(model, representative_clips)
-    paths = {}
-    for kind, content in contents.items():
-        paths[kind] = f"{export_dir}/{FLOAT_FILE if kind == 'float' else INT8_FILE}"
-        with tf.io.gfile.GFile(paths[kind], "wb") as handle:
-            handle.write(content)
-    return paths
+    return litert.write_files(export_dir, contents, {"float": FLOAT_FILE, "int8": INT8_FILE})
 
 
 class StreamingModel:
@@ -111,13 +105,8 @@ class StreamingModel:
 
     def __init__(self, path: Optional[str] = None, content: Optional[bytes] = None,
                  num_threads: int = 1):
-        if content is None:
-            with tf.io.gfile.GFile(path, "rb") as handle:
-                content = handle.read()
-        self.content = content
-        self.interpreter = litert.litert_interpreter.Interpreter(model_content=content,
-                                                                 num_threads=num_threads)
-        self._runner = self.interpreter.get_signature_runner(litert.SIGNATURE)
+        self.content, self.interpreter, self._runner = litert.load_interpreter(
+            path, content, num_threads)
         details = self._runner.get_input_details()
         self._features_shape = tuple(details[FEATURES]["shape"])
         self.reset()
