@@ -41,7 +41,8 @@ import tensorflow as tf  # noqa: E402
 
 from pipelines import contract  # noqa: E402
 from pipelines.errors import UserError, run_cli  # noqa: E402
-from trainer import detect, detection, detection_report, streams  # noqa: E402
+from trainer import detect, detection, streams  # noqa: E402
+from trainer.report import detection as detection_report  # noqa: E402
 
 RATE = contract.SAMPLE_RATE
 REPO = pathlib.Path(__file__).resolve().parents[1]

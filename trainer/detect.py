@@ -320,7 +320,7 @@ def run(argv: Optional[list[str]] = None) -> list[dict]:
             print(json.dumps(result) if args.json else
                   f"{path}\t{event.time:.2f}\t{event.label}\t{event.score:.3f}", flush=True)
         if found.trace is not None:
-            from trainer import detection_report  # pylint: disable=import-outside-toplevel
+            from trainer.report import detection as detection_report  # pylint: disable=C0415
             detection_report.plot_detection(found, scorer.labels, config, path, args.plot)
         if truth is not None:
             match = detection.match_events(found.events, truth)

@@ -89,7 +89,7 @@ def run(argv: Optional[list[str]] = None) -> dict:
     metrics = evaluate_split(net, dataset, files, data_labels, args.split)
     metrics["data_dir"] = args.data_dir
     if args.streams > 0:
-        from trainer import detection_report  # pylint: disable=import-outside-toplevel
+        from trainer.report import detection as detection_report  # pylint: disable=C0415
         metrics["streaming"] = detection_report.evaluate_streams(
             job_dir, args.data_dir, args.split, args.streams)
         metrics["streaming"]["summary"] = detection_report.format_split(metrics["streaming"])

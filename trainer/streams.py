@@ -247,7 +247,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import_tensorflow_quietly()
         import soundfile
         import tensorflow as tf
-        from trainer import detection_report
+        from trainer.report import detection as detection_report
         if not args.output.endswith(".wav"):
             raise UserError(f"{args.output}: the output must end in .wav")
         if not 0 < args.seconds <= 24 * 3600:

@@ -34,7 +34,7 @@ import tensorflow as tf  # noqa: E402
 from pipelines import contract  # noqa: E402
 from pipelines.errors import PartialFailure, UserError, run_cli  # noqa: E402
 from trainer import backup, data, evaluate, export, litert, models, training  # noqa: E402
-from trainer import detection_report  # noqa: E402
+from trainer.report import detection as detection_report  # noqa: E402
 from trainer import distribute  # noqa: E402
 from trainer.report import metrics as classification, writer  # noqa: E402
 

@@ -36,12 +36,12 @@ _KHZ_EDGES = ((np.arange(contract.NUM_BINS + 1) - 0.5)
               * contract.SAMPLE_RATE / contract.FFT_LENGTH / 1000)
 
 
-def _text(value: Any) -> str:
+def safe_text(value: Any) -> str:
     """Text for matplotlib: '$' escaped so a label is never parsed as mathtext."""
     return str(value).replace("$", r"\$")
 
 
-def _png(figure: Figure) -> bytes:
+def to_png(figure: Figure) -> bytes:
     """Renders a figure to PNG bytes in memory."""
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
@@ -78,7 +78,7 @@ def render_history(history: Mapping[str, Sequence[float]]) -> bytes:
     figure = Figure(figsize=(5.5 * max(len(panels), 1), 4), layout="constrained")
     if not panels:  # e.g. a run resumed after its last epoch: say so rather than fail
         figure.text(0.5, 0.5, "no loss or accuracy history recorded", ha="center")
-        return _png(figure)
+        return to_png(figure)
     for ax, name in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
         for prefix, legend in (("", "train"), ("val_", "validation")):
             values = list(history.get(prefix + name, []))
@@ -92,7 +92,7 @@ def render_history(history: Mapping[str, Sequence[float]]) -> bytes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
-    return _png(figure)
+    return to_png(figure)
 
 
 def render_confusion(matrix: Any, labels: Sequence[str]) -> bytes:
@@ -102,7 +102,7 @@ def render_confusion(matrix: Any, labels: Sequence[str]) -> bytes:
     size = max(6.0, 0.65 * len(labels) + 2.5)
     figure = Figure(figsize=(size + 1, size), layout="constrained")
     ax = figure.subplots()
-    names = [_text(label) for label in labels]
+    names = [safe_text(label) for label in labels]
     seaborn.heatmap(matrix, annot=True, fmt="d", cmap="Blues", square=True, ax=ax,
                     xticklabels=names, yticklabels=names,
                     # Whole-clip ticks: a small test set otherwise gets 0.5, 1.5, ...
@@ -115,7 +115,7 @@ def render_confusion(matrix: Any, labels: Sequence[str]) -> bytes:
     for tick in ax.get_xticklabels():
         tick.set_horizontalalignment("right")
     ax.tick_params(axis="y", labelrotation=0)
-    return _png(figure)
+    return to_png(figure)
 
 
 def render_waveforms(examples: Sequence[Mapping[str, Any]]) -> bytes:
@@ -124,12 +124,12 @@ def render_waveforms(examples: Sequence[Mapping[str, Any]]) -> bytes:
         waveform = np.asarray(example["waveform"], dtype=np.float32).ravel()
         ax.plot(np.arange(waveform.size) / contract.SAMPLE_RATE, waveform, linewidth=0.6)
         ax.set_ylim(-1.1, 1.1)
-        ax.set_title(_text(example["label"]))
+        ax.set_title(safe_text(example["label"]))
         ax.grid(alpha=0.3)
     for ax in axes:
         ax.set(xlabel="Time (s)", ylabel="Amplitude")
         ax.label_outer()
-    return _png(figure)
+    return to_png(figure)
 
 
 def render_spectrograms(examples: Sequence[Mapping[str, Any]]) -> bytes:
@@ -154,12 +154,12 @@ def render_spectrograms(examples: Sequence[Mapping[str, Any]]) -> bytes:
         mesh = ax.pcolormesh(_TIME_EDGES, _KHZ_EDGES, log, shading="flat",
                              vmin=low, vmax=high, cmap="viridis")
         ax.set_ylim(0, _KHZ_EDGES[-1])
-        ax.set_title(_text(example["label"]))
+        ax.set_title(safe_text(example["label"]))
     for ax in axes:
         ax.set(xlabel="Time (s)", ylabel="Frequency (kHz)")
         ax.label_outer()
     figure.colorbar(mesh, ax=axes, label="log |STFT|", shrink=0.8)
-    return _png(figure)
+    return to_png(figure)
 
 
 def render_prediction(probabilities: Sequence[float], labels: Sequence[str],
@@ -174,11 +174,11 @@ def render_prediction(probabilities: Sequence[float], labels: Sequence[str],
     bars = ax.bar(range(len(labels)), probabilities, color=colours)
     if len(labels) <= 16:
         ax.bar_label(bars, labels=[f"{value:.0%}" for value in probabilities], fontsize=8)
-    ax.set_xticks(range(len(labels)), [_text(label) for label in labels],
+    ax.set_xticks(range(len(labels)), [safe_text(label) for label in labels],
                   rotation=45, ha="right")
-    ax.set(ylim=(0, 1.1), ylabel="Probability", title=_text(title))
+    ax.set(ylim=(0, 1.1), ylabel="Probability", title=safe_text(title))
     ax.grid(axis="y", alpha=0.3)
-    return _png(figure)
+    return to_png(figure)
 
 
 def plot_history(history: Mapping[str, Sequence[float]], path: str) -> None:

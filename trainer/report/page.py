@@ -161,7 +161,7 @@ def write_report(job_dir: str, *, metrics: Mapping[str, Any],
              "log |STFT|, 255-sample frames every 128 samples; time on x."),
         ]
     if metrics.get("streaming"):  # keyword detection on generated long recordings
-        from trainer import detection_report  # pylint: disable=import-outside-toplevel
+        from trainer.report import detection as detection_report  # pylint: disable=C0415
         figures.append(detection_report.report_figure(metrics["streaming"]))
     for _, name, png, _, _ in figures:
         write_file(f"{job_dir}/{name}", png)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import io
 from typing import Optional
 
 import numpy as np
@@ -133,26 +132,11 @@ def format_streaming(streaming: dict) -> str:
 
 # --- figures ------------------------------------------------------------------------
 
-def _png(figure) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=C0415
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return buffer.getvalue()
-
-
-def _write(path: str, png: bytes) -> None:
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent:
-        tf.io.gfile.makedirs(parent)
-    with tf.io.gfile.GFile(path, "wb") as handle:
-        handle.write(png)
-
-
 def plot_detection(result: detect.Detection, labels: list[str], config: detection.Config,
                    title: str, path: str) -> None:
     """Waveform peaks above, smoothed keyword scores below, events marked; a PNG."""
     from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+    from trainer.report import figures  # pylint: disable=import-outside-toplevel
     trace = result.trace
     figure = Figure(figsize=(12, 5), layout="constrained")
     wave_ax, score_ax = figure.subplots(2, 1, sharex=True, height_ratios=[1, 2])
@@ -160,7 +144,7 @@ def plot_detection(result: detect.Detection, labels: list[str], config: detectio
     seconds = np.arange(len(peaks)) / detect.PEAKS_PER_SECOND
     wave_ax.fill_between(seconds, -peaks, peaks, color="0.4", linewidth=0)
     wave_ax.set_ylabel("waveform")
-    wave_ax.set_title(str(title).replace("$", r"\$"))
+    wave_ax.set_title(figures.safe_text(title))
     for column, label in enumerate(labels):
         if label in config.thresholds:
             score_ax.plot(trace["times"], trace["smoothed"][:, column], linewidth=1,
@@ -176,7 +160,7 @@ def plot_detection(result: detect.Detection, labels: list[str], config: detectio
     score_ax.set_xlabel("seconds (a score is drawn at the end of its window)")
     score_ax.set_ylabel(f"smoothed score ({config.smoothing} windows)")
     score_ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
-    _write(path, _png(figure))
+    figures.write_file(path, figures.to_png(figure))
 
 
 def render_det_curve(curves: dict, chosen: Optional[dict] = None) -> bytes:
@@ -187,6 +171,7 @@ def render_det_curve(curves: dict, chosen: Optional[dict] = None) -> bytes:
       chosen: {"false_accepts_per_hour", "miss_rate"} of the operating point, marked.
     """
     from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+    from trainer.report import figures  # pylint: disable=import-outside-toplevel
     figure = Figure(figsize=(6, 4.5), layout="constrained")
     ax = figure.subplots()
     for name, rows in curves.items():
@@ -200,7 +185,7 @@ def render_det_curve(curves: dict, chosen: Optional[dict] = None) -> bytes:
     ax.set_ylabel("miss rate")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    return _png(figure)
+    return figures.to_png(figure)
 
 
 def report_figure(streaming: dict) -> tuple[str, str, bytes, str, str]:
