@@ -10,7 +10,10 @@ every event equals `trainer.detect`'s on the same file. Each event is one JSON l
 
     {"path": ..., "label": "yes", "time": 12.3, "score": 0.97}
 
-Files that cannot be read go to OUTPUT/rejected/ with the reason.
+Files that cannot be read go to OUTPUT/rejected/ with the reason. The events and
+rejections are counted back from the shards written and must equal what the run made (else
+exit 1). An OUTPUT holding an earlier run's shards is refused; `--overwrite` removes those
+shards, and only those, first.
 
 Locally::
 
@@ -273,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one threshold for every keyword, instead of detection.json's")
     parser.add_argument("--chunk-seconds", type=_positive, default=CHUNK_SECONDS,
                         help=f"audio per unit of work (default {CHUNK_SECONDS:g})")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="remove an earlier run's events and rejected shards in OUTPUT "
+                             "first (nothing else there is touched)")
     return parser
 
 
@@ -284,7 +290,7 @@ def run(argv: Optional[list[str]] = None) -> dict:
     output = args.output.rstrip("/")
     events, rejected = (batch.shards_of(f"{output}/{EVENTS}"),
                         batch.shards_of(batch.rejected_prefix(output)))
-    batch.prepare_output(output, (events, rejected))
+    batch.prepare_output(output, (events, rejected), args.overwrite)
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
     build_pipeline(pipeline, args.input, export_dir, labels, config, output,
                    args.chunk_seconds)
@@ -292,11 +298,21 @@ def run(argv: Optional[list[str]] = None) -> dict:
     result.wait_until_finish()
     counts = {name: batch.counter(result, NAMESPACE, name)
               for name in ("files", "detected", "rejected", "chunks", "events")}
+    written = {"events": batch.count_lines(events), "rejected": batch.count_lines(rejected)}
     print(f"files {counts['files']} = detected {counts['detected']} + rejected "
-          f"{counts['rejected']}; "
-          f"{counts['events']} events from {counts['chunks']} chunks: "
+          f"{written['rejected']}; "
+          f"{written['events']} events from {counts['chunks']} chunks: "
           f"{events}, {rejected}")
-    return counts
+    lost = [f"{name}: {counts[name]} made, {written[name]} in the shards"
+            for name in written if counts[name] is not None and counts[name] != written[name]]
+    if counts["files"] is not None and counts["detected"] is not None and (
+            counts["detected"] + written["rejected"] != counts["files"]):
+        lost.append(f"files: {counts['files']} read, {counts['detected']} detected + "
+                    f"{written['rejected']} rejected")
+    if lost:
+        raise errors.PartialFailure(f"{output}: what was written differs from what the "
+                                    f"run made ({'; '.join(lost)}); it lost or repeated some")
+    return {**counts, **written}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

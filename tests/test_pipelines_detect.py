@@ -130,3 +130,10 @@ def test_output_of_an_earlier_run_is_not_overwritten(inputs, tmp_path, capsys):
     assert code == 2
     assert "already holds the output of a run" in capsys.readouterr().err
     assert sorted(p.name for p in output.rglob("*")) == before
+    (output / "notes.txt").write_text("a user's file")
+    counts = beam_detect.run(["--input", str(audio_dir / "*.wav"), "--model-dir", str(job),
+                              "--output", str(output), "--overwrite"])
+    shards = sorted(output.glob("events-*.jsonl"))
+    assert counts["events"] == sum(len(shard.read_text().splitlines()) for shard in shards)
+    assert len({shard.name.rsplit("-of-", 1)[1] for shard in shards}) == 1  # one run's
+    assert (output / "notes.txt").read_text() == "a user's file"
