@@ -12,6 +12,7 @@ and prints each run's test accuracy (the chief's metrics.json), wall time, the m
 spread over the seeds of each, and the difference of the means::
 
     python -m benchmarks.workers --data-dir OUT --work-dir W --model tutorial --seeds 42 1 2
+    python -m benchmarks.workers --data-dir OUT --work-dir W2 -- --lr-scaling linear
 
 OUT needs at least two training shards (`pipelines.preprocess --num-shards 2` or more).
 The work folder must be new or empty; each run's job directory stays there.
@@ -43,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="tutorial")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
     parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("trainer_flags", nargs="*",
+                        help="after --: more flags of trainer.task for every run, e.g. "
+                             "--lr-scaling linear (one process has one replica: no change)")
     return parser
 
 
@@ -63,11 +67,11 @@ def environment(**extra: str) -> dict[str, str]:
 
 
 def train(data_dir: str, job: Path, model: str, seed: int, epochs: Optional[int],
-          workers: int) -> dict:
+          workers: int, flags: tuple[str, ...] = ()) -> dict:
     """Runs trainer.task with `workers` processes; returns the chief's test accuracy."""
     command = [sys.executable, "-m", "trainer.task", "--data-dir", data_dir,
                "--job-dir", str(job), "--model", model, "--seed", str(seed),
-               "--verbose", "0", "--no-report"]
+               "--verbose", "0", "--no-report", *flags]
     if epochs:
         command += ["--epochs", str(epochs)]
     job.mkdir(parents=True)
@@ -112,11 +116,13 @@ def run(argv: Optional[list[str]] = None) -> dict:
     for seed in args.seeds:
         for name, workers in (("one process", 1), ("two workers", 2)):
             job = work / f"{name.replace(' ', '-')}-seed{seed}"
-            row = train(args.data_dir, job, args.model, seed, args.epochs, workers)
+            row = train(args.data_dir, job, args.model, seed, args.epochs, workers,
+                        tuple(args.trainer_flags))
             results[name].append({"seed": seed, **row})
             print(f"seed {seed:>4}  {name:<12} replicas {row['replicas']}  test accuracy "
                   f"{row['accuracy']:.4f}  {row['seconds']:6.1f} s", file=sys.stderr, flush=True)
-    print(f"{args.model}, {len(args.seeds)} seeds ({' '.join(map(str, args.seeds))})")
+    print(f"{args.model}, {len(args.seeds)} seeds ({' '.join(map(str, args.seeds))})"
+          + (f", flags {' '.join(args.trainer_flags)}" if args.trainer_flags else ""))
     print(f"{'':<12} {'test accuracy per seed':<28} {'mean (spread)':>15} {'wall time':>10}")
     for name, rows in results.items():
         accuracies = [row["accuracy"] for row in rows]

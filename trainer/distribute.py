@@ -9,10 +9,11 @@ on every replica of a multi-replica job (and which a local run may set by hand):
 - else TensorFlow's default strategy (one device).
 
 The recipe's batch size is per replica: the global batch is that times the replicas,
-and the learning rate is scaled with the rule of `--lr-scaling` (the square root of
-the batch growth by default: both recipes train with Adam or AdamW). Each worker reads
-its own share of the training shards, whole files dealt out in turn, so a run needs at
-least as many training shards as workers. Only the chief writes the job directory,
+and the learning rate is scaled with the rule of `--lr-scaling`: by default linearly
+with the batch growth, so that an epoch of fewer, larger steps moves the weights as far
+(`sqrt` is the gentler rule for many replicas). Each worker reads its own share of the
+training shards, whole files dealt out in turn, so a run needs at least as many training
+shards as workers. Only the chief writes the job directory,
 TensorBoard logs and epoch backups; every other worker writes the same files to a
 temporary folder of its own, which it removes at the end. All workers restore from the
 chief's backups, so a preempted job started again resumes where the chief left off.
@@ -56,10 +57,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", default=AUTO, choices=STRATEGIES,
                         help="auto: multiworker when TF_CONFIG names several workers, "
                              "mirrored with several local GPUs, else none (one device)")
-    parser.add_argument("--lr-scaling", default=SQRT, choices=LR_SCALING,
+    parser.add_argument("--lr-scaling", default=LINEAR, choices=LR_SCALING,
                         help="how the learning rate follows the global batch "
-                             "(batch per replica x replicas): sqrt (Adam, AdamW), linear "
-                             "(SGD) or none")
+                             "(batch per replica x replicas): linear (default), sqrt or none")
     parser.add_argument("--hypertune", action="store_true",
                         help=f"report {TUNING_METRIC} after each epoch to Vertex AI "
                              "hyperparameter tuning (deploy/vertex/tune.py sets it)")
@@ -190,7 +190,7 @@ class Distribution:
     strategy: tf.distribute.Strategy
     cluster: Cluster
     scratch: Optional[str] = None  # a non-chief's temporary folder
-    lr_scaling: str = SQRT
+    lr_scaling: str = LINEAR
     per_replica: dict = dataclasses.field(default_factory=dict)  # the recipe's own values
     data_dir: str = ""
 
