@@ -27,7 +27,6 @@ import tensorflow as tf
 from pipelines import contract
 from trainer import features
 
-EXPORT_DIR = contract.EXPORT_DIR  # where trainer.task exports inside the job
 SIGNATURES = ("serving_default", "waveform", "spectrogram", "examples")
 
 

@@ -183,7 +183,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
         return dist.finish()  # the chief evaluates, exports and reports
     net = dist.local_model(net, f"{job_dir}/model.keras")
     serving = recipe.serving_model(net)
-    export_dir = export.export_model(serving, labels, f"{job_dir}/{export.EXPORT_DIR}")
+    export_dir = export.export_model(serving, labels, f"{job_dir}/{contract.EXPORT_DIR}")
     # LiteRT files beside the SavedModel, int8 calibrated on training clips.
     litert.export_run(serving, labels, export_dir, args.data_dir, seed=args.seed)
     with tf.io.gfile.GFile(f"{job_dir}/{contract.LABELS_FILE}", "w") as handle:
