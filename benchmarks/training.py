@@ -108,7 +108,8 @@ def _clip_times(predictor: predict.Predictor, paths: list[str]) -> list[float]:
     samples = []
     for path in paths:
         start = time.perf_counter()
-        probabilities = predictor.probabilities(predict.read(path))
+        with predict.open_file(path) as handle:
+            probabilities = predictor.probabilities(handle)
         predictor.labels[int(np.argmax(probabilities))]
         samples.append((time.perf_counter() - start) * 1000)
     return samples

@@ -45,9 +45,10 @@ class Predictor:
             raise UserError(f"{model_dir}: labels.txt has {len(self.labels)} labels but the "
                             f"model has {outputs} outputs (labels.txt of another model?)")
 
-    def probabilities(self, data: bytes) -> np.ndarray:
-        """WAV bytes -> probabilities over `labels` (raises AudioError)."""
-        return self._probabilities(audio.decode_clip(data)[0])  # the first second
+    def probabilities(self, source) -> np.ndarray:
+        """A WAV (bytes, path or open file) -> probabilities over `labels` (raises
+        AudioError); only the first second is decoded."""
+        return self._probabilities(audio.decode_clip(source)[0])
 
     def _probabilities(self, waveform: np.ndarray) -> np.ndarray:
         if isinstance(self.model, litert.LiteRTModel):
@@ -61,20 +62,19 @@ def top_k(probabilities: np.ndarray, labels: list[str], k: int) -> list[tuple[st
     return [(labels[i], float(probabilities[i])) for i in order]
 
 
-def read(path: str) -> bytes:
-    """The file's bytes; a local name that is not UTF-8 is opened by its raw bytes."""
-    with tf.io.gfile.GFile(inputs.path_bytes(path), "rb") as handle:
-        return handle.read()
+def open_file(path: str):
+    """The file opened for reading (local or gs://; a local name that is not UTF-8 by its
+    raw bytes). The audio functions read only the header and the first second from it."""
+    return tf.io.gfile.GFile(inputs.path_bytes(path), "rb")
 
 
 LONG_RECORDING_SECONDS = 1.5
 
 
-def note_if_long(path: str, data: bytes) -> None:
+def note_if_long(name: str, seconds: float) -> None:
     """Says on stderr that a recording longer than a clip had only its start classified."""
-    seconds = audio.probe(data).duration
     if seconds > LONG_RECORDING_SECONDS:
-        print(f"note: {path}: {seconds:.1f} s long, only its first second was classified "
+        print(f"note: {name}: {seconds:.1f} s long, only its first second was classified "
               "(python -m trainer.detect finds keywords anywhere in a recording)",
               file=sys.stderr)
 
@@ -102,8 +102,9 @@ def run(argv: Optional[list[str]] = None) -> list[dict]:
     for path in args.files:
         name = inputs.printable(path)
         try:
-            data = read(path)
-            probabilities = predictor.probabilities(data)
+            with open_file(path) as handle:
+                probabilities = predictor.probabilities(handle)
+                seconds = audio.probe(handle).duration
         except audio.AudioError as error:
             failed.append(path)
             print(f"error: {name}: {error}", file=sys.stderr)
@@ -113,7 +114,7 @@ def run(argv: Optional[list[str]] = None) -> list[dict]:
             print(f"error: {name}: cannot read ({error.message.splitlines()[0]})",
                   file=sys.stderr)
             continue
-        note_if_long(path, data)
+        note_if_long(name, seconds)
         best = top_k(probabilities, predictor.labels, max(args.top_k, 1))
         result = {"path": name, "label": best[0][0], "probability": best[0][1],
                   "top_k": [{"label": label, "probability": p} for label, p in best],
