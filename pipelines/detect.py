@@ -45,7 +45,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils import shared
 
 from pipelines import audio, batch, contract, errors, outputs, transforms
-from trainer import detection, streams
+from trainer import detection
 
 EVENTS = "events"
 CHUNK_SECONDS = 60.0
@@ -241,23 +241,16 @@ def build_pipeline(pipeline: beam.Pipeline, input_pattern: str, model_dir: str,
 
 def load_config(export_dir: str, labels: list[str], threshold: Optional[float]
                 ) -> detection.Config:
-    """export/detection.json (or the default), `threshold` applied; warns on stderr."""
-    if streams.UNKNOWN not in labels:
-        print(f"warning: {export_dir}: the model has no {streams.UNKNOWN} class, "
-              "so it will fire on any speech, not only its keywords (train on a run "
-              "preprocessed with --unknown-percent)", file=sys.stderr)
+    """export/detection.json (or the default), `threshold` applied; notes on stderr."""
     path = f"{export_dir}/{detection.CONFIG_FILE}"
-    if FileSystems.exists(path):
-        try:
-            config = detection.config_from_json(outputs.read_text(path), labels)
-        except (ValueError, TypeError, KeyError) as error:
-            raise errors.UserError(f"{path}: not a detection config ({error})") from None
-    else:
-        config = detection.default_config(labels)
-        if threshold is None:
-            print(f"note: {export_dir}: no {detection.CONFIG_FILE}; threshold "
-                  f"{detection.DEFAULT_THRESHOLD} for every keyword", file=sys.stderr)
-    return config.with_threshold(threshold) if threshold is not None else config
+    text = outputs.read_text(path) if FileSystems.exists(path) else None
+    try:
+        config, notes = detection.operating_point(text, labels, threshold, export_dir)
+    except (ValueError, TypeError, KeyError) as error:
+        raise errors.UserError(f"{path}: not a detection config ({error})") from None
+    for note in notes:
+        print(note, file=sys.stderr)
+    return config
 
 
 def _positive(text: str) -> float:

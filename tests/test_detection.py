@@ -176,3 +176,22 @@ def test_config_round_trips_and_is_checked_against_the_model_labels():
         detection.config_from_json(text, ["_unknown_", "up", "yes"])
     with pytest.raises(ValueError, match="format version"):
         detection.config_from_json('{"thresholds": {}}', LABELS)
+
+
+def test_operating_point_reads_the_stored_config_and_says_what_it_falls_back_to():
+    labels = ["_silence_", "_unknown_", "no", "yes"]
+    stored = detection.config_to_json(detection.Config(thresholds={"no": 0.6, "yes": 0.7},
+                                                       smoothing=5))
+    config, notes = detection.operating_point(stored, labels, None, "JOB/export")
+    assert (config.smoothing, config.thresholds, notes) == (5, {"no": 0.6, "yes": 0.7}, [])
+    config, notes = detection.operating_point(stored, labels, 0.9, "JOB/export")
+    assert config.thresholds == {"no": 0.9, "yes": 0.9} and config.smoothing == 5
+    config, notes = detection.operating_point(None, labels, None, "JOB/export")
+    assert set(config.thresholds.values()) == {detection.DEFAULT_THRESHOLD}
+    assert notes == [f"note: JOB/export: no detection.json (training chooses one for a model "
+                     f"with _unknown_); threshold {detection.DEFAULT_THRESHOLD} for every keyword"]
+    _, notes = detection.operating_point(None, ["no", "yes"], 0.5, "JOB/export")
+    assert len(notes) == 1 and notes[0].startswith("warning: JOB/export: the model has no "
+                                                   "_unknown_ class")
+    with pytest.raises(ValueError, match="keywords are"):
+        detection.operating_point(stored, ["_unknown_", "no", "up"], None, "JOB/export")

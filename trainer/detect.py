@@ -117,17 +117,31 @@ class Scorer:
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
 
 
-def read_config(export_dir: str, labels: list[str]) -> Optional[detection.Config]:
-    """export/detection.json, or None when training left none."""
+def _config_text(export_dir: str) -> tuple[str, Optional[str]]:
+    """The path of export/detection.json and its text (None when training left none)."""
     path = f"{export_dir.rstrip('/')}/{detection.CONFIG_FILE}"
     if not tf.io.gfile.exists(path):
-        return None
+        return path, None
     with tf.io.gfile.GFile(path, "r") as handle:
-        text = handle.read()
+        return path, handle.read()
+
+
+def read_config(export_dir: str, labels: list[str]) -> Optional[detection.Config]:
+    """export/detection.json, or None when training left none."""
+    config, _ = operating_point(export_dir, labels, None)
+    return config
+
+
+def operating_point(export_dir: str, labels: list[str], threshold: Optional[float]
+                    ) -> tuple[Optional[detection.Config], list[str]]:
+    """`detection.operating_point` on export/detection.json; the config is None when
+    there is no file and no threshold."""
+    path, text = _config_text(export_dir)
     try:
-        return detection.config_from_json(text, labels)
+        config, notes = detection.operating_point(text, labels, threshold, export_dir)
     except (ValueError, TypeError, KeyError) as error:
         raise UserError(f"{path}: not a detection config ({error})") from None
+    return (None if text is None and threshold is None else config), notes
 
 
 def write_config(export_dir: str, config: detection.Config) -> str:
@@ -255,21 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(scorer: Scorer, model_dir: str, threshold: Optional[float]
-                ) -> detection.Config:
-    """The stored operating point (or the default), `threshold` applied; warns on stderr."""
-    if streams.UNKNOWN not in scorer.labels:
-        print(f"warning: {model_dir}: the model has no {streams.UNKNOWN} class, so it will "
-              "fire on any speech, not only its keywords (train on a run preprocessed "
-              "with --unknown-percent)", file=sys.stderr)
-    config = read_config(scorer.export_dir, scorer.labels)
-    if config is None:
-        config = detection.default_config(scorer.labels)
-        if threshold is None:
-            print(f"note: {scorer.export_dir}: no {detection.CONFIG_FILE} (training chooses "
-                  f"one for a model with {streams.UNKNOWN}); threshold "
-                  f"{detection.DEFAULT_THRESHOLD} for every keyword", file=sys.stderr)
-    return config.with_threshold(threshold) if threshold is not None else config
+def load_config(scorer: Scorer, threshold: Optional[float]) -> detection.Config:
+    """The stored operating point (or the default), `threshold` applied; notes on stderr."""
+    config, notes = operating_point(scorer.export_dir, scorer.labels, threshold)
+    for note in notes:
+        print(note, file=sys.stderr)
+    return config or detection.default_config(scorer.labels)
 
 
 def _read_truth(path: str) -> list:
@@ -298,7 +303,7 @@ def run(argv: Optional[list[str]] = None) -> list[dict]:
         raise UserError("--truth describes one recording: give exactly one FILE.wav")
     truth = _read_truth(args.truth) if args.truth else None
     scorer = Scorer(args.model_dir, engine=args.engine)
-    config = load_config(scorer, args.model_dir, args.threshold)
+    config = load_config(scorer, args.threshold)
     results, failed = [], []
     for number, path in enumerate(args.files):
         try:

@@ -119,6 +119,33 @@ def config_from_json(text: str, labels: Sequence[str]) -> Config:
     return config
 
 
+def operating_point(text: Optional[str], labels: Sequence[str], threshold: Optional[float],
+                    where: str) -> tuple[Config, list[str]]:
+    """The config a detection command runs with, and the notes it prints on stderr.
+
+    Args:
+      text: the content of `where`/detection.json, or None when there is none.
+      labels: the model's labels.
+      threshold: --threshold, which replaces every keyword's threshold.
+      where: the export folder, as named in the notes.
+    Raises ValueError when `text` is not a config for these labels.
+    """
+    notes = []
+    if UNKNOWN not in labels:
+        notes.append(f"warning: {where}: the model has no {UNKNOWN} class, so it will fire "
+                     "on any speech, not only its keywords (train on a run preprocessed "
+                     "with --unknown-percent)")
+    if text is not None:
+        config = config_from_json(text, labels)
+    else:
+        config = default_config(labels)
+        if threshold is None:
+            notes.append(f"note: {where}: no {CONFIG_FILE} (training chooses one for a "
+                         f"model with {UNKNOWN}); threshold {DEFAULT_THRESHOLD} for every "
+                         "keyword")
+    return (config.with_threshold(threshold) if threshold is not None else config), notes
+
+
 # --- windows -----------------------------------------------------------------------
 
 def num_windows(num_samples: int, window: int, hop: int) -> int:

@@ -205,7 +205,7 @@ def evaluate_streams(job_dir: str, data_dir: str, split: str, count: int = NUM_S
                      duration_s: Optional[float] = None) -> dict:
     """`split_metrics` at the job's stored operating point (or the default one)."""
     scorer = detect.Scorer(job_dir)
-    config = detect.load_config(scorer, job_dir, None)
+    config = detect.load_config(scorer, None)
     return {"operating_point": detection.config_to_dict(config),
             **split_metrics(scorer, config, data_dir, split, count, duration_s)}
 
