@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +16,7 @@ import pytest
 
 from pipelines import preprocess
 from pipelines.errors import UserError
+from benchmarks import workers as workers_benchmark
 from tests import wavs
 from trainer import distribute, task
 
@@ -105,21 +104,12 @@ def data_dir(tmp_path_factory) -> Path:
     return out
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("localhost", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
+free_ports = workers_benchmark.free_ports
 
 
 def environment(tmp: Path, **extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("AIP_", "TF_CONFIG", "CLOUD_ML_"))}
     tmp.mkdir(parents=True, exist_ok=True)
-    return {**env, "TMPDIR": str(tmp), "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+    return workers_benchmark.environment(TMPDIR=str(tmp), **extra)
 
 
 def start_workers(data_dir: Path, job: Path, root: Path, epochs: int,
@@ -238,7 +228,7 @@ def test_mirrored_strategy_over_two_logical_cpus(data_dir, tmp_path):
 
 
 def test_workers_benchmark_trains_one_process_and_two_workers(data_dir, tmp_path, capsys):
-    from benchmarks import workers
+    workers = workers_benchmark
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "mine.txt").write_text("a user's file")
     assert workers.main(["--data-dir", str(data_dir), "--work-dir", str(tmp_path / "busy")]) == 2
