@@ -6,7 +6,8 @@ For each seed, trains --model on a preprocessing run twice with the same command
   two workers    a chief and a worker of `python -m trainer.task` on loopback, started
                  with TF_CONFIG as Vertex AI starts a two-replica job
                  (MultiWorkerMirroredStrategy: each reads half the training shards,
-                 global batch twice the recipe's, learning rate times sqrt(2)),
+                 global batch twice the recipe's, learning rate scaled by
+                 trainer.task's --lr-scaling, linear by default: times 2),
 
 and prints each run's test accuracy (the chief's metrics.json), wall time, the mean and
 spread over the seeds of each, and the difference of the means::

@@ -126,22 +126,20 @@ def _config_text(export_dir: str) -> tuple[str, Optional[str]]:
         return path, handle.read()
 
 
-def read_config(export_dir: str, labels: list[str]) -> Optional[detection.Config]:
-    """export/detection.json, or None when training left none."""
-    config, _ = operating_point(export_dir, labels, None)
-    return config
-
-
-def operating_point(export_dir: str, labels: list[str], threshold: Optional[float]
-                    ) -> tuple[Optional[detection.Config], list[str]]:
-    """`detection.operating_point` on export/detection.json; the config is None when
-    there is no file and no threshold."""
+def _stored_point(export_dir: str, labels: list[str], threshold: Optional[float]
+                  ) -> tuple[Optional[str], detection.Config, list[str]]:
+    """(detection.json's text or None, `detection.operating_point` on it: config, notes)."""
     path, text = _config_text(export_dir)
     try:
-        config, notes = detection.operating_point(text, labels, threshold, export_dir)
+        return (text, *detection.operating_point(text, labels, threshold, export_dir))
     except (ValueError, TypeError, KeyError) as error:
         raise UserError(f"{path}: not a detection config ({error})") from None
-    return (None if text is None and threshold is None else config), notes
+
+
+def read_config(export_dir: str, labels: list[str]) -> Optional[detection.Config]:
+    """export/detection.json, or None when training left none."""
+    text, config, _ = _stored_point(export_dir, labels, None)
+    return None if text is None else config
 
 
 def write_config(export_dir: str, config: detection.Config) -> str:
@@ -271,10 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_config(scorer: Scorer, threshold: Optional[float]) -> detection.Config:
     """The stored operating point (or the default), `threshold` applied; notes on stderr."""
-    config, notes = operating_point(scorer.export_dir, scorer.labels, threshold)
+    _, config, notes = _stored_point(scorer.export_dir, scorer.labels, threshold)
     for note in notes:
         print(note, file=sys.stderr)
-    return config or detection.default_config(scorer.labels)
+    return config
 
 
 def _read_truth(path: str) -> list:

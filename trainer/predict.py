@@ -48,7 +48,12 @@ class Predictor:
     def probabilities(self, source) -> np.ndarray:
         """A WAV (bytes, path or open file) -> probabilities over `labels` (raises
         AudioError); only the first second is decoded."""
-        return self._probabilities(audio.decode_clip(source)[0])
+        return self.classify(source)[0]
+
+    def classify(self, source) -> tuple[np.ndarray, float]:
+        """(probabilities of the first second, the whole recording's length in seconds)."""
+        waveform, num_samples = audio.decode_clip(source)
+        return self._probabilities(waveform), num_samples / contract.SAMPLE_RATE
 
     def _probabilities(self, waveform: np.ndarray) -> np.ndarray:
         if isinstance(self.model, litert.LiteRTModel):
@@ -103,8 +108,7 @@ def run(argv: Optional[list[str]] = None) -> list[dict]:
         name = inputs.printable(path)
         try:
             with open_file(path) as handle:
-                probabilities = predictor.probabilities(handle)
-                seconds = audio.probe(handle).duration
+                probabilities, seconds = predictor.classify(handle)
         except audio.AudioError as error:
             failed.append(path)
             print(f"error: {name}: {error}", file=sys.stderr)
