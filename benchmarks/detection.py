@@ -41,8 +41,8 @@ import tensorflow as tf  # noqa: E402
 
 from pipelines import contract  # noqa: E402
 from pipelines.errors import UserError, run_cli  # noqa: E402
-from trainer import detect, detection, streams  # noqa: E402
-from trainer.report import detection as detection_report  # noqa: E402
+from pipelines import events  # noqa: E402
+from trainer import calibrate, detection, scoring, streams  # noqa: E402
 
 RATE = contract.SAMPLE_RATE
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -54,15 +54,15 @@ BUDGETS = (1.0, 6.0, 20.0)  # false accepts per hour at which the test DET curve
 
 def accuracy(job_dirs: list[str], data_dir: str, count: int, seconds: float) -> dict:
     """Streaming metrics of each job at its stored operating point on test streams."""
-    generated = detection_report.split_streams(data_dir, contract.TEST, count, seconds)
+    generated = calibrate.split_streams(data_dir, contract.TEST, count, seconds)
     rows = {}
     for job_dir in job_dirs:
-        scorer = detect.Scorer(job_dir)
-        config = detect.read_config(scorer.export_dir, scorer.labels)
+        scorer = scoring.Scorer(job_dir)
+        config = scoring.read_config(scorer)
         if config is None:
-            raise UserError(f"{job_dir}: no {detection.CONFIG_FILE} (train a model with "
+            raise UserError(f"{job_dir}: no {events.CONFIG_FILE} (train a model with "
                             "_unknown_ with python -m trainer.task to choose one)")
-        scored = detection_report.score_streams(generated, scorer, config)
+        scored = calibrate.score_streams(generated, scorer, config)
         metrics = detection.evaluate(scored, scorer.labels, config)
         curve = detection.det_curve(scored, scorer.labels, config)
         metrics["recall_at"] = {str(budget): detection.best_row(curve, budget)["recall"]
@@ -80,8 +80,8 @@ def accuracy(job_dirs: list[str], data_dir: str, count: int, seconds: float) -> 
             "keywords_per_job": next(iter(rows.values()))["keywords"]}
 
 
-def _per_label(scored: list, labels: list[str], config: detection.Config,
-               budget: float) -> detection.Config:
+def _per_label(scored: list, labels: list[str], config: events.Config,
+               budget: float) -> events.Config:
     """Greedy per-keyword thresholds on `scored`: lowers, one keyword at a time, the
     threshold that raises recall most while false accepts keep within the budget."""
     thresholds = dict(config.thresholds)
@@ -103,15 +103,15 @@ def _per_label(scored: list, labels: list[str], config: detection.Config,
 def study(job_dirs: list[str], data_dir: str, count: int, seconds: float) -> dict:
     """Operating points chosen on val streams for each smoothing, measured on test streams."""
     budget = detection.MAX_FALSE_ACCEPTS_PER_HOUR
-    val = detection_report.split_streams(data_dir, contract.VAL, count, seconds)
-    test = detection_report.split_streams(data_dir, contract.TEST, count, seconds)
+    val = calibrate.split_streams(data_dir, contract.VAL, count, seconds)
+    test = calibrate.split_streams(data_dir, contract.TEST, count, seconds)
     rows = []
     print(f"\nStudy: threshold chosen on {count} val streams (<= {budget:g} FA/h), measured "
           f"on {count} test streams of {seconds / 60:g} min:")
     for job_dir in job_dirs:
-        scorer = detect.Scorer(job_dir)
-        base = detection.default_config(scorer.labels)
-        scored = {name: detection_report.score_streams(generated, scorer, base)
+        scorer = scoring.Scorer(job_dir)
+        base = events.default_config(scorer.labels)
+        scored = {name: calibrate.score_streams(generated, scorer, base)
                   for name, generated in (("val", val), ("test", test))}
         variants = []
         for smoothing in (1, 3, 5, 7):
@@ -138,8 +138,8 @@ def study(job_dirs: list[str], data_dir: str, count: int, seconds: float) -> dic
 
 def write_stream_wav(path: str, data_dir: str, seconds: float, seed: int = 100) -> None:
     """A test-split stream of `seconds` written in 10-minute pieces (never held whole)."""
-    keywords, unknowns = detection_report.split_clips(data_dir, contract.TEST)
-    noises = detection_report.background_recordings(data_dir)
+    keywords, unknowns = calibrate.split_clips(data_dir, contract.TEST)
+    noises = calibrate.background_recordings(data_dir)
     with soundfile.SoundFile(path, "w", RATE, 1, "PCM_16") as wav:
         written, number = 0.0, 0
         while written < seconds:
@@ -150,9 +150,9 @@ def write_stream_wav(path: str, data_dir: str, seconds: float, seed: int = 100) 
 
 
 def _load(job_dir: str):
-    scorer = detect.Scorer(job_dir)
-    config = detect.read_config(scorer.export_dir, scorer.labels) or \
-        detection.default_config(scorer.labels)
+    scorer = scoring.Scorer(job_dir)
+    config = scoring.read_config(scorer) or \
+        events.default_config(scorer.labels)
     return scorer, config
 
 
@@ -162,10 +162,10 @@ def _speed_probe(job_dir: str, wav_path: str) -> dict:
     scorer, config = _load(job_dir)
     warm_up = f"{wav_path}.warm_up.wav"  # first file read: imports, first model calls
     soundfile.write(warm_up, np.zeros(10 * RATE, np.float32), RATE, subtype="PCM_16")
-    detect.detect_file(warm_up, scorer, config)
+    scoring.detect_file(warm_up, scorer, config)
     os.remove(warm_up)
     wall, cpu = time.perf_counter(), time.process_time()
-    found = detect.detect_file(wav_path, scorer, config)
+    found = scoring.detect_file(wav_path, scorer, config)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     seconds = found.num_samples / RATE
     return {"audio_seconds": seconds, "cpu_seconds": cpu, "wall_seconds": wall,
@@ -175,7 +175,7 @@ def _speed_probe(job_dir: str, wav_path: str) -> dict:
 
 def _rss_probe(job_dir: str, wav_path: str) -> dict:
     scorer, config = _load(job_dir)
-    detect.detect_file(wav_path, scorer, config)
+    scoring.detect_file(wav_path, scorer, config)
     return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -205,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", required=True, help="the reference preprocessing run")
     parser.add_argument("--job-dir", action="append", required=True,
                         help="a training job (repeat for several seeds)")
-    parser.add_argument("--streams", type=int, default=detection_report.NUM_STREAMS)
-    parser.add_argument("--stream-seconds", type=float, default=detection_report.STREAM_SECONDS)
+    parser.add_argument("--streams", type=int, default=calibrate.NUM_STREAMS)
+    parser.add_argument("--stream-seconds", type=float, default=calibrate.STREAM_SECONDS)
     parser.add_argument("--speed-seconds", type=float, default=600.0)
     parser.add_argument("--skip", nargs="*", default=[], choices=["accuracy", "speed", "memory"])
     parser.add_argument("--study", action="store_true",

@@ -16,10 +16,14 @@ import dataclasses
 import sys
 from typing import Optional
 
-from pipelines import contract
-from pipelines.errors import UserError, run_cli
-from trainer import models, task
-from trainer.models import kws
+from pipelines.errors import import_tensorflow_quietly
+
+import_tensorflow_quietly()
+
+from pipelines import contract  # noqa: E402
+from pipelines.errors import UserError, run_cli  # noqa: E402
+from trainer import models, task  # noqa: E402
+from trainer.models import kws  # noqa: E402
 
 
 def register_variant(max_shift_ms: int) -> str:

@@ -14,7 +14,7 @@ export/model_int8.tflite of one training job, on one CPU thread each:
   the largest probability difference from it;
 - the streaming files' time per 32 ms call, when the job has them (their scores are
   the clip models' on the last second, tests/test_litert.py);
-- the int8 model's tensor arena (`trainer.litert.arena_bytes`) and which ops run in
+- the int8 model's tensor arena (`flatbuffer.arena_bytes`) and which ops run in
   which type.
 
 With `--front-end-study` (needs the job's model.keras and the run's training clips) an
@@ -41,9 +41,11 @@ import_tensorflow_quietly()
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipelines import contract  # noqa: E402
+from pipelines import contract, scoring  # noqa: E402
 from pipelines.errors import UserError, run_cli  # noqa: E402
-from trainer import artifacts, data, litert, litert_stream, models  # noqa: E402
+from trainer import artifacts, data, models  # noqa: E402
+from trainer.litert import convert, flatbuffer, runtime  # noqa: E402
+from trainer.litert import export as litert_export  # noqa: E402
 
 SAVEDMODEL = "savedmodel"
 FRONT_END_INT8 = "tflite-int8, int8 front end"
@@ -62,7 +64,8 @@ def test_split(data_dir: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def savedmodel_engine(job_dir: str) -> Callable[[np.ndarray], np.ndarray]:
-    serve = artifacts.load_serving_model(job_dir).signatures["waveform"]
+    serve = scoring.load_saved_model(contract.find_export(job_dir)).signatures[
+        contract.SIGNATURE_WAVEFORM]
     return lambda clip: serve(waveform=tf.constant(clip[None, :]))["probabilities"][0].numpy()
 
 
@@ -104,7 +107,7 @@ def rotating_latency(engines: dict[str, Callable], clips: np.ndarray, rounds: in
 def op_summary(content: bytes) -> dict[str, list[str]]:
     """Op names by the type they compute in (an op's input type; QUANTIZE converts)."""
     by_type = collections.defaultdict(list)
-    for op, data_in, data_out in litert.op_types(content):
+    for op, data_in, data_out in flatbuffer.op_types(content):
         kind = f"{data_in}->{data_out}" if op in ("QUANTIZE", "DEQUANTIZE") else data_in
         if op not in by_type[kind]:
             by_type[kind].append(op)
@@ -148,32 +151,32 @@ def run(argv: Optional[list[str]] = None) -> dict:
     waveforms, truth = test_split(args.data_dir)
     contents, sizes = {}, {SAVEDMODEL: savedmodel_bytes(export_dir)}
     engines = {SAVEDMODEL: savedmodel_engine(job_dir)}
-    for engine in litert.ENGINE_FILES:
-        model, model_labels = litert.load_engine(job_dir, engine)
+    for engine in runtime.ENGINE_FILES:
+        model, model_labels = runtime.load_engine(job_dir, engine)
         if model_labels != labels:
-            raise UserError(f"{litert.engine_file(job_dir, engine)}: labels differ from "
+            raise UserError(f"{runtime.engine_file(job_dir, engine)}: labels differ from "
                             f"{export_dir}/{contract.LABELS_FILE}")
         engines[engine] = model.probabilities
         contents[engine] = model.content
         sizes[engine] = len(model.content)
     if args.front_end_study:
-        recipe = models.get_recipe(litert.job_model_name(job_dir))
+        recipe = models.get_recipe(litert_export.job_model_name(job_dir))
         serving = recipe.serving_model(artifacts.load_keras_model(job_dir))
-        content = litert.convert_int8(serving, litert.representative_clips(args.data_dir),
+        content = convert.convert_int8(serving, litert_export.representative_clips(args.data_dir),
                                       front_end="int8")
-        engines[FRONT_END_INT8] = litert.LiteRTModel(content=content).probabilities
+        engines[FRONT_END_INT8] = runtime.LiteRTModel(content=content).probabilities
         contents[FRONT_END_INT8] = content
         sizes[FRONT_END_INT8] = len(content)
 
     probabilities = {name: np.stack([engine(clip) for clip in waveforms])
                      for name, engine in engines.items()}
     streams = {}  # per 32 ms call, on each clip's last 512 samples
-    for kind, name in (("stream", litert_stream.FLOAT_FILE),
-                       ("stream-int8", litert_stream.INT8_FILE)):
+    for kind, name in (("stream", runtime.STREAM_FLOAT_FILE),
+                       ("stream-int8", runtime.STREAM_INT8_FILE)):
         if tf.io.gfile.exists(f"{export_dir}/{name}"):
-            model = litert_stream.StreamingModel(f"{export_dir}/{name}")
+            model = runtime.StreamingModel(f"{export_dir}/{name}")
             streams[kind] = lambda clip, step=model.step: step(
-                clip[-litert_stream.FRAME_SAMPLES:])
+                clip[-runtime.FRAME_SAMPLES:])
             sizes[kind] = len(model.content)
     reference = probabilities[SAVEDMODEL]
     quality = {name: {
@@ -200,9 +203,9 @@ def run(argv: Optional[list[str]] = None) -> dict:
         print(f"  {name + ', per 32 ms call':<30}{sizes[name] / 1024:>9.1f}"
               f"{sizes[name] / sizes[SAVEDMODEL]:>6.2f}x{t['p50_ms']:>9.3f}{t['p95_ms']:>9.3f}"
               f"{t['p50_ms'] / base:>9.2f}x{'(scores = the clip model on the last second)':>46}")
-    arena = litert.arena_bytes(contents["tflite-int8"])
-    int8_part = litert.arena_bytes(contents["tflite-int8"], first_op=[
-        op for op, _, _ in litert.op_types(contents["tflite-int8"])].index("QUANTIZE"))
+    arena = flatbuffer.arena_bytes(contents["tflite-int8"])
+    int8_part = flatbuffer.arena_bytes(contents["tflite-int8"], first_op=[
+        op for op, _, _ in flatbuffer.op_types(contents["tflite-int8"])].index("QUANTIZE"))
     results = {"sizes": sizes, "latency": latency, "quality": quality, "arena_bytes": arena,
                "int8_part_arena_bytes": int8_part,
                "test_clips": len(truth), "latency_clips": len(clips)}
@@ -213,7 +216,7 @@ def run(argv: Optional[list[str]] = None) -> dict:
     print(f"  int8 p50 / SavedModel p50     {speed_ratio:6.2f}x   (target <= 0.50x)")
     print(f"  int8 - SavedModel accuracy   {points:+6.2f} points (target within 1)")
     print(f"  int8 tensor arena            {arena / 1024:7.1f} KB (float model: "
-          f"{litert.arena_bytes(contents['tflite']) / 1024:.1f} KB; the int8 part alone, "
+          f"{flatbuffer.arena_bytes(contents['tflite']) / 1024:.1f} KB; the int8 part alone, "
           f"from its QUANTIZE on: {int8_part / 1024:.1f} KB)")
     print("  int8 model, ops by type:")
     for kind, ops in op_summary(contents["tflite-int8"]).items():

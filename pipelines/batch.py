@@ -51,8 +51,7 @@ def batch_parser(prog: str, doc: str) -> argparse.ArgumentParser:
 def load_export(model_dir: str) -> tuple[str, list[str]]:
     """The export folder of `model_dir` (`contract.find_export`) and its labels."""
     export_dir = contract.find_export(model_dir)
-    labels = contract.parse_labels(outputs.read_text(f"{export_dir}/{contract.LABELS_FILE}"))
-    return export_dir, labels
+    return export_dir, contract.read_export_labels(export_dir)
 
 
 def count_inputs(pattern: str) -> int:

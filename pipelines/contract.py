@@ -80,6 +80,14 @@ BACKGROUND_NOISE_DIR = "_background_noise_"  # input folder of long noise record
 BACKGROUND = "background"  # output folder: one record per noise recording, for augmentation
 EXPORT_DIR = "export"  # inside a training job: the SavedModel, labels.txt, LiteRT files
 SAVED_MODEL_FILE = "saved_model.pb"
+# The exported SavedModel's signatures (trainer.export writes them): raw audio, the
+# stored feature and serialized tf.Examples, each returning class_ids, labels and
+# probabilities.
+SIGNATURE_WAVEFORM = "waveform"
+SIGNATURE_SPECTROGRAM = "spectrogram"
+SIGNATURE_EXAMPLES = "examples"
+SIGNATURES = ("serving_default", SIGNATURE_WAVEFORM, SIGNATURE_SPECTROGRAM,
+              SIGNATURE_EXAMPLES)
 
 
 def shard_pattern(output_dir: str, split: str) -> str:
@@ -108,6 +116,17 @@ def find_export(model_dir: str, name: str = SAVED_MODEL_FILE,
     raise errors.UserError(f"{model_dir}: " + (missing or (
         f"no exported model here (expected {EXPORT_DIR}/{SAVED_MODEL_FILE} from "
         "python -m trainer.task)")))
+
+
+def read_export_labels(export_dir: str) -> list[str]:
+    """The labels.txt of an export folder (local or gs://), in output order."""
+    from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+    path = f"{export_dir.rstrip('/')}/{LABELS_FILE}"
+    try:
+        with FileSystems.open(path) as handle:
+            return parse_labels(handle.read().decode("utf-8"))
+    except (IOError, OSError, UnicodeDecodeError) as error:
+        raise errors.UserError(f"{path}: cannot read ({errors.first_line(error)})") from None
 
 
 # --- serialization (plain Python, no TensorFlow) -----------------------------------

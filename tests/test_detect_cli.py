@@ -15,7 +15,8 @@ import pytest
 
 from pipelines import contract
 from tests import wavs
-from trainer import detect, detection, export, streams
+from pipelines import events
+from trainer import calibrate, detect, detection, export, scoring, streams
 
 LABELS = ["_silence_", "_unknown_", "no", "yes"]
 RATE = contract.SAMPLE_RATE
@@ -71,7 +72,7 @@ def job(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scorer(job):
-    return detect.Scorer(str(job))
+    return scoring.Scorer(str(job))
 
 
 def test_keywords_at_the_start_middle_and_end_give_one_event_each(job, tmp_path, capsys):
@@ -83,22 +84,22 @@ def test_keywords_at_the_start_middle_and_end_give_one_event_each(job, tmp_path,
     path, time, label, score = lines[0].split("\t")
     assert path == str(wav) and label == "yes" and 0.5 <= float(score) <= 1
     match = detection.match_events(
-        [detection.Event(r["time"], r["label"], r["score"]) for r in results], stream.truth)
+        [events.Event(r["time"], r["label"], r["score"]) for r in results], stream.truth)
     assert len(match.hits) == 3 and not match.false_accepts
     assert results[-1]["time"] <= len(stream.audio) / RATE
 
 
 def test_blocks_of_any_size_give_the_events_of_the_whole_recording(scorer):
     stream = recording(seconds=13.3)
-    config = detection.default_config(LABELS)
-    windows = detection.frame_windows(
-        stream.audio, 0, 0, detection.num_windows(len(stream.audio), config.window, config.hop),
+    config = events.default_config(LABELS)
+    windows = events.frame_windows(
+        stream.audio, 0, 0, events.num_windows(len(stream.audio), config.window, config.hop),
         config.window, config.hop)
-    whole = detection.detect(scorer(windows), len(stream.audio), LABELS, config)
+    whole = events.detect(scorer(windows), len(stream.audio), LABELS, config)
     assert len(whole) == 3
     for block in (4001, 5 * RATE + 3, len(stream.audio)):
         blocks = [stream.audio[i:i + block] for i in range(0, len(stream.audio), block)]
-        found = detect.detect_blocks(blocks, scorer, config)
+        found = scoring.detect_blocks(blocks, scorer, config)
         assert found.events == whole, block
         assert found.num_samples == len(stream.audio)
 
@@ -112,8 +113,8 @@ def test_json_lines_truth_metrics_and_plot(job, tmp_path, capsys):
     detect.run(["--model-dir", str(job), str(wav), "--json", "--truth", str(truth),
                 "--plot", str(plot)])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    events, summary = rows[:-1], rows[-1]
-    assert [set(row) for row in events] == [{"path", "label", "time", "score"}] * 3
+    fired, summary = rows[:-1], rows[-1]
+    assert [set(row) for row in fired] == [{"path", "label", "time", "score"}] * 3
     assert summary["metrics"]["recall"] == 1.0
     assert summary["metrics"]["false_accepts"] == 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -124,8 +125,8 @@ def test_stored_operating_point_is_used_unless_a_threshold_is_given(tmp_path, ca
     wav = write_wav(tmp_path / "long.wav", recording().audio)
     assert len(detect.run(["--model-dir", str(job), str(wav)])) == 3
     assert "no detection.json" in capsys.readouterr().err
-    config = detection.default_config(LABELS).with_threshold(1.0)
-    detect.write_config(str(job / "export"), config)
+    config = events.default_config(LABELS).with_threshold(1.0)
+    calibrate.write_config(str(job / "export"), config)
     assert detect.run(["--model-dir", str(job), str(wav)]) == []
     assert len(detect.run(["--model-dir", str(job), str(wav), "--threshold", "0.5"])) == 3
     assert "no detection.json" not in capsys.readouterr().err
@@ -175,9 +176,9 @@ def test_model_without_unknown_is_warned_about(tmp_path, capsys):
 
 def test_windows_sharing_their_stft_frames_score_as_windows_on_their_own(scorer):
     stream = recording(seconds=9.5)
-    config = detection.default_config(LABELS)
-    count = detection.num_windows(len(stream.audio), config.window, config.hop)
-    alone = scorer(detection.frame_windows(stream.audio, 0, 0, count, config.window,
+    config = events.default_config(LABELS)
+    count = events.num_windows(len(stream.audio), config.window, config.hop)
+    alone = scorer(events.frame_windows(stream.audio, 0, 0, count, config.window,
                                            config.hop))
     shared = scorer.score_span(stream.audio, 0, 0, count, config)
     np.testing.assert_allclose(shared, alone, atol=1e-5)
@@ -215,7 +216,7 @@ def test_training_with_unknown_chooses_the_operating_point_and_reports_detection
                     "random", "--val-percent", "25", "--test-percent", "25"])
     task.run(["--data-dir", str(out), "--job-dir", str(job_dir), "--epochs", "1",
               "--batch-size", "8", "--verbose", "0"])
-    config = detect.read_config(str(job_dir / "export"), LABELS)
+    config = scoring.read_config(scoring.Scorer(str(job_dir)))
     assert config is not None and set(config.thresholds) == {"no", "yes"}
     assert config.chosen_on["split"] == "val"
     metrics = json.loads((job_dir / "metrics.json").read_text())
@@ -233,11 +234,12 @@ def test_training_with_unknown_chooses_the_operating_point_and_reports_detection
     assert evaluated["streaming"]["split"] == "val" and evaluated["streaming"]["streams"] == 1
     # A long recording of the test split and its truth, then detection scored against it.
     long_wav = tmp_path / "long.wav"
-    assert streams.main(["--data-dir", str(out), "--seconds", "30", "--output",
-                         str(long_wav)]) == 0
+    assert calibrate.main(["recording", "--data-dir", str(out), "--seconds", "30",
+                           "--output", str(long_wav)]) == 0
     truth = streams.read_truth_csv((tmp_path / "long.csv").read_text())
     assert truth and truth[-1].end_ms <= 30_000
-    assert streams.main(["--data-dir", str(out), "--output", str(long_wav)]) == 2
+    assert calibrate.main(["recording", "--data-dir", str(out), "--output",
+                           str(long_wav)]) == 2
     capsys.readouterr()
     detect.run(["--model-dir", str(job_dir), str(long_wav), "--truth",
                 str(tmp_path / "long.csv"), "--json"])

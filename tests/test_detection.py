@@ -1,23 +1,26 @@
 """Detection without a model: windows, smoothing, events, matching and the sweeps."""
 
 import dataclasses
+import json
+import re
 
 import numpy as np
 import pytest
 
+from pipelines import events
 from trainer import detection, streams
-from trainer.detection import Event
+from pipelines.events import Event
 from trainer.streams import Truth
 
 LABELS = ["_silence_", "_unknown_", "no", "yes"]
 RATE = streams.SAMPLE_RATE
-CONFIG = detection.default_config(LABELS, 0.7)
+CONFIG = events.default_config(LABELS, 0.7)
 
 
 def oracle_probabilities(num_samples, truth, config=CONFIG, spikes=()):
     """Window probabilities of a perfect model: a keyword scores 0.95 in every window that
     holds at least 80% of its clip; `spikes` are (time_s, label, score) false alarms."""
-    count = detection.num_windows(num_samples, config.window, config.hop)
+    count = events.num_windows(num_samples, config.window, config.hop)
     starts = np.arange(count) * config.hop / RATE
     probabilities = np.zeros((count, len(LABELS)), np.float32)
     probabilities[:, LABELS.index("_unknown_")] = 1.0
@@ -38,32 +41,32 @@ def oracle_probabilities(num_samples, truth, config=CONFIG, spikes=()):
 
 def test_window_grid_covers_the_file_and_pads_only_past_its_end():
     window, hop = RATE, RATE // 10
-    assert detection.num_windows(100, window, hop) == 1
-    assert detection.num_windows(window, window, hop) == 1
-    assert detection.num_windows(window + 1, window, hop) == 2
-    assert detection.num_windows(window + hop, window, hop) == 2
+    assert events.num_windows(100, window, hop) == 1
+    assert events.num_windows(window, window, hop) == 1
+    assert events.num_windows(window + 1, window, hop) == 2
+    assert events.num_windows(window + hop, window, hop) == 2
     samples = np.arange(3 * RATE + 123, dtype=np.float32)
-    count = detection.num_windows(len(samples), window, hop)
+    count = events.num_windows(len(samples), window, hop)
     assert count == 22  # the 22nd window starts at 2.1 s and runs past the end (3.0077 s)
-    windows = detection.frame_windows(samples, 0, 0, count, window, hop)
+    windows = events.frame_windows(samples, 0, 0, count, window, hop)
     np.testing.assert_array_equal(windows[5], samples[5 * hop:5 * hop + window])
     assert windows[-1][-1] == 0 and windows[-1][0] == samples[21 * hop]
     # A buffer that starts later in the file gives the same windows.
-    later = detection.frame_windows(samples[7 * hop:], 7 * hop, 7, count - 7, window, hop)
+    later = events.frame_windows(samples[7 * hop:], 7 * hop, 7, count - 7, window, hop)
     np.testing.assert_array_equal(later, windows[7:])
-    times = detection.window_times(0, count, len(samples), window, hop)
+    times = events.window_times(0, count, len(samples), window, hop)
     assert times[0] == 1.0 and times[1] == pytest.approx(1.1)
     assert times[-1] == pytest.approx(len(samples) / RATE)
 
 
 def test_smoothing_in_pieces_equals_smoothing_whole():
     probabilities = np.random.default_rng(0).uniform(size=(50, 4)).astype(np.float32)
-    whole = detection.smooth(probabilities, 3)
+    whole = events.smooth(probabilities, 3)
     np.testing.assert_allclose(whole[0], probabilities[0])
     np.testing.assert_allclose(whole[1], probabilities[:2].mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(whole[10], probabilities[8:11].mean(axis=0), rtol=1e-6)
-    pieces = [detection.smooth(probabilities[:17], 3),
-              detection.smooth(probabilities[17:], 3, context=probabilities[:17])]
+    pieces = [events.smooth(probabilities[:17], 3),
+              events.smooth(probabilities[17:], 3, context=probabilities[:17])]
     np.testing.assert_allclose(np.concatenate(pieces), whole, rtol=1e-6)
 
 
@@ -72,19 +75,19 @@ def test_one_utterance_gives_one_event_and_the_refractory_period_holds():
 
     def candidates(rows):
         index, labels = zip(*rows)
-        return detection.Candidates(np.array(index), np.array(index) * 0.1 + 1.0,
+        return events.Candidates(np.array(index), np.array(index) * 0.1 + 1.0,
                                     np.array(labels), np.full(len(rows), 0.9, np.float32))
 
     # A run of 5 windows of "yes", then "no" 0.5 s later, then "yes" again after 1.2 s.
     rows = [(10, 1), (11, 1), (12, 1), (13, 1), (14, 1), (15, 0), (27, 1), (28, 1)]
-    events, _ = detection.fire(candidates(rows), keywords, refractory_s=1.0)
-    assert [(e.time, e.label) for e in events] == [(2.0, "yes"), (3.7, "yes")]
-    events, _ = detection.fire(candidates(rows), keywords, refractory_s=0.3)
-    assert [(e.time, e.label) for e in events] == [(2.0, "yes"), (2.5, "no"), (3.7, "yes")]
+    fired, _ = events.fire(candidates(rows), keywords, refractory_s=1.0)
+    assert [(e.time, e.label) for e in fired] == [(2.0, "yes"), (3.7, "yes")]
+    fired, _ = events.fire(candidates(rows), keywords, refractory_s=0.3)
+    assert [(e.time, e.label) for e in fired] == [(2.0, "yes"), (2.5, "no"), (3.7, "yes")]
     # Fired in two batches with the state carried over: the same events.
-    first, state = detection.fire(candidates(rows[:2]), keywords, 1.0)
-    second, _ = detection.fire(candidates(rows[2:]), keywords, 1.0, state)
-    assert first + second == detection.fire(candidates(rows), keywords, 1.0)[0]
+    first, state = events.fire(candidates(rows[:2]), keywords, 1.0)
+    second, _ = events.fire(candidates(rows[2:]), keywords, 1.0, state)
+    assert first + second == events.fire(candidates(rows), keywords, 1.0)[0]
 
 
 def test_keywords_at_the_very_start_and_end_of_a_file_are_found():
@@ -92,21 +95,21 @@ def test_keywords_at_the_very_start_and_end_of_a_file_are_found():
     truth = [Truth("yes", 0.0, 1000.0), Truth("no", 9000.0, 10000.0),
              Truth("_unknown_", 12000.0, 13000.0), Truth("no", 19050.0, 20050.0)]
     probabilities = oracle_probabilities(num_samples, truth)
-    events = detection.detect(probabilities, num_samples, LABELS, CONFIG)
-    assert [e.label for e in events] == ["yes", "no", "no"]
-    assert events[0].time == 1.0  # the first window ends with the first keyword
-    assert events[-1].time <= num_samples / RATE
-    match = detection.match_events(events, truth)
+    fired = events.detect(probabilities, num_samples, LABELS, CONFIG)
+    assert [e.label for e in fired] == ["yes", "no", "no"]
+    assert fired[0].time == 1.0  # the first window ends with the first keyword
+    assert fired[-1].time <= num_samples / RATE
+    match = detection.match_events(fired, truth)
     assert len(match.hits) == 3 and not match.false_accepts and not match.misses
     # In batches of any size the stream gives the same events.
-    stream = detection.EventStream(LABELS, CONFIG)
+    stream = events.EventStream(LABELS, CONFIG)
     pieces = []
     for start in range(0, len(probabilities), 7):
         part = probabilities[start:start + 7]
-        times = detection.window_times(start, len(part), num_samples, CONFIG.window,
+        times = events.window_times(start, len(part), num_samples, CONFIG.window,
                                        CONFIG.hop)
         pieces += stream.push(part, times)[0]
-    assert pieces == events
+    assert pieces == fired
 
 
 def test_hit_window_runs_from_before_the_start_to_after_the_end():
@@ -123,11 +126,11 @@ def test_hit_window_runs_from_before_the_start_to_after_the_end():
 def test_metrics_count_duplicates_unknowns_and_wrong_labels_as_false_accepts():
     truth = [Truth("yes", 2000.0, 3000.0), Truth("no", 6000.0, 7000.0),
              Truth("_unknown_", 10_000.0, 11_000.0), Truth("no", 14_000.0, 15_000.0)]
-    events = [Event(3.2, "yes", 0.9), Event(3.6, "yes", 0.9),  # a hit and its duplicate
+    fired = [Event(3.2, "yes", 0.9), Event(3.6, "yes", 0.9),  # a hit and its duplicate
               Event(7.1, "yes", 0.9),  # wrong keyword on "no"
               Event(10.9, "no", 0.9),  # on an unknown word
               Event(15.3, "no", 0.9)]  # a hit
-    match = detection.match_events(events, truth)
+    match = detection.match_events(fired, truth)
     metrics = detection.stream_metrics([match], duration_s=1800)
     assert metrics["keywords"] == 3 and metrics["hits"] == 2
     assert metrics["recall"] == pytest.approx(2 / 3)
@@ -170,28 +173,68 @@ def test_operating_point_is_chosen_above_the_false_alarms():
 
 def test_config_round_trips_and_is_checked_against_the_model_labels():
     config = dataclasses.replace(CONFIG, smoothing=5, chosen_on={"recall": 0.9})
-    text = detection.config_to_json(config)
-    assert detection.config_from_json(text, LABELS) == config
+    text = events.config_to_json(config)
+    assert events.config_from_json(text, LABELS) == config
     with pytest.raises(ValueError, match="keywords are"):
-        detection.config_from_json(text, ["_unknown_", "up", "yes"])
-    with pytest.raises(ValueError, match="format version"):
-        detection.config_from_json('{"thresholds": {}}', LABELS)
+        events.config_from_json(text, ["_unknown_", "up", "yes"])
+    with pytest.raises(ValueError, match="format_version"):
+        events.config_from_json('{"thresholds": {}}', LABELS)
 
 
 def test_operating_point_reads_the_stored_config_and_says_what_it_falls_back_to():
     labels = ["_silence_", "_unknown_", "no", "yes"]
-    stored = detection.config_to_json(detection.Config(thresholds={"no": 0.6, "yes": 0.7},
+    stored = events.config_to_json(events.Config(thresholds={"no": 0.6, "yes": 0.7},
                                                        smoothing=5))
-    config, notes = detection.operating_point(stored, labels, None, "JOB/export")
+    config, notes = events.operating_point(stored, labels, None, "JOB/export")
     assert (config.smoothing, config.thresholds, notes) == (5, {"no": 0.6, "yes": 0.7}, [])
-    config, notes = detection.operating_point(stored, labels, 0.9, "JOB/export")
+    config, notes = events.operating_point(stored, labels, 0.9, "JOB/export")
     assert config.thresholds == {"no": 0.9, "yes": 0.9} and config.smoothing == 5
-    config, notes = detection.operating_point(None, labels, None, "JOB/export")
-    assert set(config.thresholds.values()) == {detection.DEFAULT_THRESHOLD}
+    config, notes = events.operating_point(None, labels, None, "JOB/export")
+    assert set(config.thresholds.values()) == {events.DEFAULT_THRESHOLD}
     assert notes == [f"note: JOB/export: no detection.json (training chooses one for a model "
-                     f"with _unknown_); threshold {detection.DEFAULT_THRESHOLD} for every keyword"]
-    _, notes = detection.operating_point(None, ["no", "yes"], 0.5, "JOB/export")
+                     f"with _unknown_); threshold {events.DEFAULT_THRESHOLD} for every keyword"]
+    _, notes = events.operating_point(None, ["no", "yes"], 0.5, "JOB/export")
     assert len(notes) == 1 and notes[0].startswith("warning: JOB/export: the model has no "
                                                    "_unknown_ class")
     with pytest.raises(ValueError, match="keywords are"):
-        detection.operating_point(stored, ["_unknown_", "no", "up"], None, "JOB/export")
+        events.operating_point(stored, ["_unknown_", "no", "up"], None, "JOB/export")
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"thresholds": {"no": 0.0, "yes": 0.7}}, "thresholds.no"),
+    ({"thresholds": {"no": -0.5, "yes": 0.7}}, "thresholds.no"),
+    ({"thresholds": {"no": 7, "yes": 0.7}}, "thresholds.no"),
+    ({"thresholds": {"no": None, "yes": 0.7}}, "thresholds.no"),
+    ({"thresholds": {"no": float("nan"), "yes": 0.7}}, "thresholds.no"),
+    ({"thresholds": {"no": "high", "yes": 0.7}}, "thresholds.no"),
+    ({"thresholds": {"no": True, "yes": 0.7}}, "thresholds.no"),
+    ({"thresholds": {"yes": 0.7}}, "thresholds.no"),
+    ({"thresholds": {"no": 0.7, "yes": 0.7, "left": 0.7}}, "thresholds.left"),
+    ({"thresholds": [0.7, 0.7]}, "thresholds"),
+    ({"smoothing": 2.5}, "smoothing"),
+    ({"smoothing": 0}, "smoothing"),
+    ({"smoothing": "3"}, "smoothing"),
+    ({"hop_ms": 0.5}, "hop_ms"),
+    ({"hop_ms": 0}, "hop_ms"),
+    ({"hop_ms": 2000}, "hop_ms"),
+    ({"window_ms": 10}, "window_ms"),
+    ({"refractory_ms": "1000"}, "refractory_ms"),
+    ({"refractory_ms": -1}, "refractory_ms"),
+    ({"chosen_on": "val"}, "chosen_on"),
+    ({"treshold": 0.3}, "treshold"),
+])
+def test_every_value_of_detection_json_is_checked_and_the_key_named(change, key):
+    """A hand-edited detection.json: a threshold that would fire constantly or never, a
+    value of the wrong type or range, a misspelt key: refused, naming the key."""
+    fields = {**events.config_to_dict(CONFIG), **change}
+    text = json.dumps(fields)
+    with pytest.raises(ValueError, match=rf"^{re.escape(key)}:"):
+        events.config_from_json(text, LABELS)
+
+
+def test_detection_json_takes_whole_floats_and_fills_missing_settings():
+    fields = {"format_version": 1, "thresholds": {"no": 1, "yes": 0.5},
+              "smoothing": 5.0}
+    config = events.config_from_json(json.dumps(fields), LABELS)
+    assert config.smoothing == 5 and isinstance(config.smoothing, int)
+    assert config.thresholds["no"] == 1.0 and config.hop_ms == events.HOP_MS

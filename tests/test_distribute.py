@@ -4,7 +4,6 @@ AI starts a multi-replica job) and with MirroredStrategy over two logical CPUs."
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import subprocess
@@ -18,7 +17,7 @@ from pipelines import preprocess
 from pipelines.errors import UserError
 from benchmarks import workers as workers_benchmark
 from tests import wavs
-from trainer import distribute, task
+from trainer import distribute, settings, task
 
 REPO = Path(__file__).resolve().parent.parent
 LABELS = ["no", "up", "yes"]
@@ -88,9 +87,10 @@ def test_learning_rate_rules_and_vertex_flag_names():
 
 
 def test_a_cluster_without_multiworker_strategy_is_refused():
-    args = argparse.Namespace(strategy="none", lr_scaling="sqrt")
+    run = settings.RunSettings(data_dir="d", job_dir="j", model="kws", strategy="none",
+                               lr_scaling="sqrt")
     with pytest.raises(UserError, match="TF_CONFIG names 3 workers"):
-        distribute.setup(args, "d", tf_config("chief", 0))
+        distribute.setup(run, tf_config("chief", 0))
 
 
 # --- whole runs --------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from pipelines import audio, preprocess
 from tests import wavs
-from trainer import models, predict, task
+from trainer import models, predict, settings, task
 from trainer.models import kws
 
 LABELS = ["left", "no", "yes"]
@@ -68,13 +68,14 @@ def test_exported_folded_model_matches_the_keras_model(job_dir):
 
 def test_training_batches_are_full_spectrogram_batches(data_dir):
     recipe = models.get_recipe(kws.NAME).with_overrides(batch_size=4)
-    args = task.build_parser().parse_args(["--data-dir", str(data_dir), "--job-dir", "x"])
+    run = settings.from_flags(task.build_parser().parse_args(
+        ["--data-dir", str(data_dir), "--job-dir", "x"]))
     files = sorted(str(p) for p in (data_dir / "train").glob("*"))
     size = json.loads((data_dir / "metadata.json").read_text())["counts"]["train"]["total"]
     steps = recipe.steps_per_epoch(size)
     assert steps == size // 4
     # Endless: three epochs' worth of batches, every one full.
-    batches = list(recipe.train_dataset(files, args).take(3 * steps))
+    batches = list(recipe.train_dataset(files, run).take(3 * steps))
     assert len(batches) == 3 * steps
     assert all(spectrogram.shape == (4, 124, 129) for spectrogram, _ in batches)
     assert {int(label) for _, labels in batches for label in labels} <= set(range(len(LABELS)))

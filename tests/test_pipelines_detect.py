@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import soundfile
 
-from pipelines import audio
+from pipelines import audio, chunks, events
 from pipelines import detect as beam_detect
 from tests import wavs
 from tests.test_detect_cli import LABELS, RATE, export_energy_model, yes_clips
-from trainer import detect, detection, streams
+from trainer import scoring, streams
 
 CHUNK_SECONDS = 5  # window 50, ending at 6.0 s, opens the second chunk
 
@@ -51,23 +51,23 @@ def inputs(tmp_path_factory):
 def expected(inputs):
     """trainer.detect's events for every readable file."""
     job, audio_dir, _ = inputs
-    scorer = detect.Scorer(str(job))
-    config = detection.default_config(LABELS)
-    return {str(path): detect.detect_file(str(path), scorer, config).events
+    scorer = scoring.Scorer(str(job))
+    config = events.default_config(LABELS)
+    return {str(path): scoring.detect_file(str(path), scorer, config).events
             for path in sorted(audio_dir.glob("*.wav"))
             if path.name not in ("empty.wav", "text.wav")}
 
 
 def test_a_keyword_crosses_the_first_chunk_edge(inputs):
     job, _, stream = inputs
-    scorer = detect.Scorer(str(job))
-    config = detection.default_config(LABELS)
-    count = detection.num_windows(len(stream.audio), config.window, config.hop)
-    probabilities = scorer(detection.frame_windows(stream.audio, 0, 0, count, config.window,
+    scorer = scoring.Scorer(str(job))
+    config = events.default_config(LABELS)
+    count = events.num_windows(len(stream.audio), config.window, config.hop)
+    probabilities = scorer(events.frame_windows(stream.audio, 0, 0, count, config.window,
                                                    config.hop))
-    columns, thresholds = detection.threshold_vector(config, LABELS)
-    times = detection.window_times(0, count, len(stream.audio), config.window, config.hop)
-    candidates = detection.find_candidates(detection.smooth(probabilities, config.smoothing),
+    columns, thresholds = events.threshold_vector(config, LABELS)
+    times = events.window_times(0, count, len(stream.audio), config.window, config.hop)
+    candidates = events.find_candidates(events.smooth(probabilities, config.smoothing),
                                            0, times, columns, thresholds)
     edge = CHUNK_SECONDS * 1000 // config.hop_ms
     assert {edge - 1, edge} <= set(candidates.index.tolist())
@@ -81,7 +81,7 @@ def test_chunks_of_a_16k_and_a_44k_file_hold_the_same_samples_as_the_whole(input
         whole = np.concatenate(list(audio.read_blocks(path, 7 * RATE)))
         assert audio.resampled_length(info.frames, info.sample_rate) == len(whole)
         for start, stop in ((0, 5000), (4 * RATE + 17, 9 * RATE), (len(whole) - 999, len(whole))):
-            piece = beam_detect.read_range(path, start, stop, info)
+            piece = chunks.read_range(path, start, stop, info)
             np.testing.assert_allclose(piece, whole[start:stop], atol=1e-4)
 
 
@@ -91,11 +91,11 @@ def _run(inputs, tmp_path, *beam_flags):
     counts = beam_detect.run([
         "--input", str(audio_dir / "*.wav"), "--model-dir", str(job), "--output", str(output),
         "--chunk-seconds", str(CHUNK_SECONDS), *beam_flags])
-    events = [json.loads(line) for shard in sorted(output.glob("events-*.jsonl"))
+    fired = [json.loads(line) for shard in sorted(output.glob("events-*.jsonl"))
               for line in shard.read_text().splitlines()]
     rejected = [json.loads(line) for shard in sorted((output / "rejected").glob("*.jsonl"))
                 for line in shard.read_text().splitlines()]
-    return counts, events, rejected, output
+    return counts, fired, rejected, output
 
 
 @pytest.mark.parametrize("flags", [
@@ -103,9 +103,9 @@ def _run(inputs, tmp_path, *beam_flags):
     ("--direct_running_mode", "multi_processing", "--direct_num_workers", "2"),
 ], ids=["in_memory", "multi_processing"])
 def test_beam_events_equal_trainer_detect(inputs, expected, tmp_path, flags):
-    counts, events, rejected, _ = _run(inputs, tmp_path, *flags)
+    counts, fired, rejected, _ = _run(inputs, tmp_path, *flags)
     by_path = {}
-    for event in events:
+    for event in fired:
         by_path.setdefault(event["path"], []).append(event)
     for path, wanted in expected.items():
         got = sorted(by_path.get(path, []), key=lambda event: event["time"])
@@ -118,7 +118,7 @@ def test_beam_events_equal_trainer_detect(inputs, expected, tmp_path, flags):
     assert all(row["reason"] for row in rejected)
     if counts["files"] is not None:
         assert counts["files"] == counts["detected"] + counts["rejected"] == 5
-        assert counts["events"] == len(events)
+        assert counts["events"] == len(fired)
 
 
 def test_output_of_an_earlier_run_is_not_overwritten(inputs, tmp_path, capsys):

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from google.cloud.aiplatform_v1.types import custom_job, hyperparameter_tuning_job
 
-from trainer import distribute, models, task
+from trainer import distribute, models, settings, task
 
 REPO = Path(__file__).resolve().parent.parent
 VERTEX = REPO / "deploy" / "vertex"
@@ -108,7 +108,7 @@ def test_tuning_job_searches_around_the_recipe_and_reads_the_reported_metric():
                            "--replicas", "2", "--dry-run", "--", "--epochs", "40")
     recipe = models.get_recipe("kws")
     (metric,) = job.study_spec.metrics
-    assert (metric.metric_id, metric.goal.name) == (distribute.TUNING_METRIC, "MAXIMIZE")
+    assert (metric.metric_id, metric.goal.name) == (settings.TUNING_METRIC, "MAXIMIZE")
     params = {p.parameter_id: p for p in job.study_spec.parameters}
     assert set(params) == {"learning_rate", "weight_decay"}
     rate = params["learning_rate"].double_value_spec

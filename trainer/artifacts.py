@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from pipelines import contract
 from pipelines.errors import UserError, first_line
-from trainer import export, models as _models  # noqa: F401  (registers custom layers)
+from trainer import models  # noqa: F401  (registers the custom layers model.keras uses)
 
 
 def read_model_labels(job_dir: str) -> list[str]:
@@ -28,17 +28,3 @@ def load_keras_model(job_dir: str) -> keras.Model:
         return keras.models.load_model(path)
     except Exception as error:  # pylint: disable=broad-except  # keras raises many kinds
         raise UserError(f"{path}: cannot load the model ({first_line(error)})") from None
-
-
-def load_serving_model(model_dir: str):
-    """The exported SavedModel; checks it has this project's signatures."""
-    path = contract.find_export(model_dir)
-    try:
-        loaded = tf.saved_model.load(path)
-    except Exception as error:  # pylint: disable=broad-except
-        raise UserError(f"{path}: cannot load the SavedModel ({first_line(error)})") from None
-    missing = [name for name in export.SIGNATURES if name not in loaded.signatures]
-    if missing:
-        raise UserError(f"{path}: not a keyword model export (no signature "
-                        f"{', '.join(missing)})")
-    return loaded

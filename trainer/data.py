@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from pipelines import contract
 from pipelines.errors import UserError
+from trainer import augment
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -143,7 +144,7 @@ def guard_corruption(files: list[str], step: Callable[[], object]):
                         f"({error.message.splitlines()[0]})") from None
 
 
-def load_background(data_dir: str):
+def load_background(data_dir: str) -> augment.NoiseBank:
     """The background-noise recordings of a preprocessing run, as an `augment.NoiseBank`.
 
     Args:
@@ -152,7 +153,6 @@ def load_background(data_dir: str):
     Returns:
       A `NoiseBank` of every recording. Raises ValueError when there is none.
     """
-    from trainer import augment  # pylint: disable=import-outside-toplevel
     files = tf.io.gfile.glob(contract.background_pattern(data_dir))
     if not files:
         raise ValueError(f"{data_dir}: no background-noise records "
@@ -160,6 +160,17 @@ def load_background(data_dir: str):
     records = tf.data.TFRecordDataset(files, compression_type=_compression(files) or None)
     return augment.noise_bank_from_arrays(
         [contract.parse_background(r)[contract.WAVEFORM] for r in records])
+
+
+def background_bank(data_dir: str) -> Optional[augment.NoiseBank]:
+    """The run's background-noise recordings as an `augment.NoiseBank`, or None (with a
+    note) when it has none."""
+    try:
+        return load_background(data_dir)
+    except ValueError:
+        print(f"note: {data_dir} holds no background-noise recordings (preprocess a folder "
+              "with _background_noise_/ to add them); training without noise mixing")
+        return None
 
 
 def count_records(path: str) -> int:

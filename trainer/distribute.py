@@ -27,7 +27,6 @@ Two workers on one machine, as Vertex AI starts them::
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import dataclasses
 import json
@@ -43,26 +42,10 @@ import tensorflow as tf
 from pipelines import contract
 from pipelines.errors import UserError
 from trainer import backup
+from trainer.settings import (AUTO, LINEAR, MIRRORED, MULTIWORKER, NONE, SQRT,
+                              TUNING_METRIC, RunSettings)
 
-AUTO, NONE, MIRRORED, MULTIWORKER = "auto", "none", "mirrored", "multiworker"
-STRATEGIES = (AUTO, NONE, MIRRORED, MULTIWORKER)
-SQRT, LINEAR = "sqrt", "linear"
-LR_SCALING = (SQRT, LINEAR, NONE)
 CHIEF, WORKER = "chief", "worker"
-TUNING_METRIC = "val_accuracy"  # the metric id of deploy/vertex/tune.py's study
-
-
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags of this module, for trainer.task's parser."""
-    parser.add_argument("--strategy", default=AUTO, choices=STRATEGIES,
-                        help="auto: multiworker when TF_CONFIG names several workers, "
-                             "mirrored with several local GPUs, else none (one device)")
-    parser.add_argument("--lr-scaling", default=LINEAR, choices=LR_SCALING,
-                        help="how the learning rate follows the global batch "
-                             "(batch per replica x replicas): linear (default), sqrt or none")
-    parser.add_argument("--hypertune", action="store_true",
-                        help=f"report {TUNING_METRIC} after each epoch to Vertex AI "
-                             "hyperparameter tuning (deploy/vertex/tune.py sets it)")
 
 
 # --- the cluster --------------------------------------------------------------------
@@ -267,25 +250,24 @@ class Distribution:
         return {}
 
 
-def setup(args: argparse.Namespace, data_dir: str,
-          environ: Mapping[str, str] = os.environ) -> Distribution:
-    """The Distribution of `args.strategy` for training on the run in `data_dir`.
+def setup(settings: RunSettings, environ: Mapping[str, str] = os.environ) -> Distribution:
+    """The Distribution of `settings.strategy` for training on `settings.data_dir`.
 
     Call it before any TensorFlow op: a multi-worker strategy configures the
     collectives, and then waits for every worker of TF_CONFIG to start; a run that
     cannot go ahead (a bad cluster, too few shards) is refused before that.
     """
     cluster = read_cluster(environ)
-    kind = resolve(args.strategy, cluster, len(tf.config.list_physical_devices("GPU")))
+    kind = resolve(settings.strategy, cluster, len(tf.config.list_physical_devices("GPU")))
     if cluster.workers > 1 and kind != MULTIWORKER:
-        raise UserError(f"--strategy {args.strategy}: TF_CONFIG names {cluster.workers} "
+        raise UserError(f"--strategy {settings.strategy}: TF_CONFIG names {cluster.workers} "
                         f"workers, which train together only with --strategy "
                         f"{MULTIWORKER} (or {AUTO})")
-    data_dir = data_dir.rstrip("/")
+    data_dir = settings.data_dir.rstrip("/")
     if cluster.workers > 1:
         worker_files(tf.io.gfile.glob(contract.shard_pattern(data_dir, contract.TRAIN)),
                      cluster, f"{data_dir}/{contract.TRAIN}")
-    distribution = Distribution(kind, make_strategy(kind), cluster, None, args.lr_scaling,
+    distribution = Distribution(kind, make_strategy(kind), cluster, None, settings.lr_scaling,
                                 data_dir=data_dir)
     if not cluster.is_chief:
         distribution.scratch = tempfile.mkdtemp(prefix=f"kws-worker-{cluster.rank}-")
@@ -328,7 +310,7 @@ def hyphenated(argv: list[str]) -> list[str]:
     return result
 
 
-def tuning_callbacks(args: argparse.Namespace, distribution: Distribution
+def tuning_callbacks(settings: RunSettings, distribution: Distribution
                      ) -> list[keras.callbacks.Callback]:
     """[TuningReport()] for the chief of a run with --hypertune, else []."""
-    return [TuningReport()] if args.hypertune and distribution.is_chief else []
+    return [TuningReport()] if settings.hypertune and distribution.is_chief else []

@@ -21,7 +21,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer import artifacts, data  # noqa: E402
+from trainer import artifacts, calibrate, data, detection  # noqa: E402
 from trainer.report import metrics as classification, writer  # noqa: E402
 
 
@@ -89,10 +89,9 @@ def run(argv: Optional[list[str]] = None) -> dict:
     metrics = evaluate_split(net, dataset, files, data_labels, args.split)
     metrics["data_dir"] = args.data_dir
     if args.streams > 0:
-        from trainer.report import detection as detection_report  # pylint: disable=C0415
-        metrics["streaming"] = detection_report.evaluate_streams(
+        metrics["streaming"] = calibrate.evaluate_streams(
             job_dir, args.data_dir, args.split, args.streams)
-        metrics["streaming"]["summary"] = detection_report.format_split(metrics["streaming"])
+        metrics["streaming"]["summary"] = detection.format_split(metrics["streaming"])
     writer.write_json(f"{job_dir}/eval_{args.split}.json", metrics)
     print(classification.format_metrics(metrics))
     if "streaming" in metrics:

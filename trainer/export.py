@@ -27,8 +27,6 @@ import tensorflow as tf
 from pipelines import contract
 from trainer import features
 
-SIGNATURES = ("serving_default", "waveform", "spectrogram", "examples")
-
 
 def export_model(model: keras.Model, labels: list[str], export_dir: str,
                  compile_waveform: bool = True) -> str:
@@ -65,10 +63,10 @@ def export_model(model: keras.Model, labels: list[str], export_dir: str,
     archive.track(model)
     waveform_spec = [tf.TensorSpec([None, None], tf.float32, name="waveform")]
     archive.add_endpoint("serving_default", from_waveform, waveform_spec)
-    archive.add_endpoint("waveform", from_waveform, waveform_spec)
-    archive.add_endpoint("spectrogram", outputs, [
+    archive.add_endpoint(contract.SIGNATURE_WAVEFORM, from_waveform, waveform_spec)
+    archive.add_endpoint(contract.SIGNATURE_SPECTROGRAM, outputs, [
         tf.TensorSpec((None,) + contract.SPECTROGRAM_SHAPE, tf.float32, name="spectrogram")])
-    archive.add_endpoint("examples", from_examples, [
+    archive.add_endpoint(contract.SIGNATURE_EXAMPLES, from_examples, [
         tf.TensorSpec([None], tf.string, name="examples")])
     archive.write_out(export_dir, verbose=False)
     with tf.io.gfile.GFile(f"{export_dir.rstrip('/')}/{contract.LABELS_FILE}", "w") as handle:

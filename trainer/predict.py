@@ -25,21 +25,22 @@ import_tensorflow_quietly()
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipelines import audio, contract, inputs  # noqa: E402
+from pipelines import audio, contract, inputs, scoring  # noqa: E402
 from pipelines.errors import PartialFailure, UserError, run_cli  # noqa: E402
-from trainer import artifacts, litert  # noqa: E402
+from trainer.litert import runtime  # noqa: E402
 
 
 class Predictor:
     """An exported model, loaded once, that maps WAV bytes to class probabilities."""
 
-    def __init__(self, model_dir: str, engine: str = "savedmodel"):
-        if engine == "savedmodel":
-            self.model = artifacts.load_serving_model(model_dir)
-            self._serve = self.model.signatures["waveform"]
-            self.labels = artifacts.read_model_labels(contract.find_export(model_dir))
+    def __init__(self, model_dir: str, engine: str = runtime.SAVEDMODEL):
+        if engine == runtime.SAVEDMODEL:
+            export_dir = contract.find_export(model_dir)
+            self.model = scoring.load_saved_model(export_dir)
+            self._serve = self.model.signatures[contract.SIGNATURE_WAVEFORM]
+            self.labels = contract.read_export_labels(export_dir)
         else:  # a LiteRT file: one clip at a time, padded or cut to one second
-            self.model, self.labels = litert.load_engine(model_dir, engine)
+            self.model, self.labels = runtime.load_engine(model_dir, engine)
         outputs = len(self._probabilities(np.zeros(contract.CLIP_SAMPLES, np.float32)))
         if outputs != len(self.labels):
             raise UserError(f"{model_dir}: labels.txt has {len(self.labels)} labels but the "
@@ -56,7 +57,7 @@ class Predictor:
         return self._probabilities(waveform), num_samples / contract.SAMPLE_RATE
 
     def _probabilities(self, waveform: np.ndarray) -> np.ndarray:
-        if isinstance(self.model, litert.LiteRTModel):
+        if isinstance(self.model, runtime.LiteRTModel):
             return self.model.probabilities(waveform)
         outputs = self._serve(waveform=tf.constant(waveform[None, :]))
         return outputs["probabilities"][0].numpy()
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("files", nargs="+", metavar="FILE.wav", help="local or gs:// paths")
     parser.add_argument("--model-dir", required=True,
                         help="a training job directory (or its export/ SavedModel)")
-    parser.add_argument("--engine", default="savedmodel", choices=litert.ENGINES,
+    parser.add_argument("--engine", default=runtime.SAVEDMODEL, choices=runtime.ENGINES,
                         help="which exported file runs: the SavedModel, export/model.tflite "
                              "or export/model_int8.tflite (LiteRT; default savedmodel)")
     parser.add_argument("--top-k", type=int, default=1, help="labels shown per file")

@@ -18,10 +18,8 @@ Pure numpy and seeded: the same clips, noise and seed give the same stream. Typi
 start or end of a file); `read_truth_csv`/`format_truth_csv` read and write the truth
 as a CSV of `label,start_ms,end_ms`.
 
-As a command, it writes such a recording from a split of a preprocessing run, and its
-truth beside it (LONG.csv), to try `trainer.detect` on::
-
-    python -m trainer.streams --data-dir OUT --split test --seconds 120 --output long.wav
+`python -m trainer.calibrate recording` writes such a recording from a split of a
+preprocessing run, and its truth beside it, to try `trainer.detect` on.
 """
 
 from __future__ import annotations
@@ -32,9 +30,8 @@ from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
-UNKNOWN = "_unknown_"
-SILENCE = "_silence_"
+from pipelines.contract import SAMPLE_RATE
+from pipelines.dataset import SILENCE_LABEL as SILENCE, UNKNOWN_LABEL as UNKNOWN
 
 # Defaults of TensorFlow's generate_streaming_test_wav.py.
 WORD_GAP_MS = 2_000  # the largest gap between two words; each gap is uniform in [0, this)
@@ -221,59 +218,3 @@ def read_truth_csv(text: str) -> list[Truth]:
             raise ValueError(f"row {number}: bad interval {start}..{end} ms")
         truth.append(Truth(row[0].strip(), start, end))
     return sorted(truth, key=lambda t: t.start_ms)
-
-
-# --- command line -------------------------------------------------------------------
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """`python -m trainer.streams`: a recording and its truth from a preprocessing run."""
-    import argparse  # pylint: disable=import-outside-toplevel
-    # pylint: disable=import-outside-toplevel
-    from pipelines.errors import UserError, import_tensorflow_quietly, run_cli
-
-    parser = argparse.ArgumentParser(
-        prog="python -m trainer.streams",
-        description="Writes a long recording of one split's keywords and other words over "
-                    "its background noise, and the truth beside it (OUTPUT minus .wav, "
-                    "plus .csv: label,start_ms,end_ms).")
-    parser.add_argument("--data-dir", required=True, help="a preprocessing run")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
-    parser.add_argument("--seconds", type=float, default=120.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", required=True, help="the WAV to write (local or gs://)")
-
-    def run(args_list):
-        args = parser.parse_args(args_list)
-        import_tensorflow_quietly()
-        import soundfile
-        import tensorflow as tf
-        from trainer.report import detection as detection_report
-        if not args.output.endswith(".wav"):
-            raise UserError(f"{args.output}: the output must end in .wav")
-        if not 0 < args.seconds <= 24 * 3600:
-            raise UserError(f"--seconds must be in (0, 86400], got {args.seconds}")
-        truth_path = args.output[:-len(".wav")] + ".csv"
-        for path in (args.output, truth_path):
-            if tf.io.gfile.exists(path):
-                raise UserError(f"{path}: already exists; choose another --output")
-        stream = detection_report.split_streams(args.data_dir, args.split, 1, args.seconds,
-                                                args.seed)[0]
-        buffer = io.BytesIO()
-        soundfile.write(buffer, stream.audio, SAMPLE_RATE, format="WAV", subtype="PCM_16")
-        parent = args.output.rsplit("/", 1)[0] if "/" in args.output else ""
-        if parent:
-            tf.io.gfile.makedirs(parent)
-        with tf.io.gfile.GFile(args.output, "wb") as handle:
-            handle.write(buffer.getvalue())
-        with tf.io.gfile.GFile(truth_path, "w") as handle:
-            handle.write(format_truth_csv(stream.truth))
-        keywords = sum(t.label not in (UNKNOWN, SILENCE) for t in stream.truth)
-        print(f"wrote {args.output} ({stream.duration_s:.0f} s, {keywords} keywords, "
-              f"{len(stream.truth) - keywords} other words) and {truth_path}")
-
-    return run_cli(run, argv)
-
-
-if __name__ == "__main__":
-    import sys  # pylint: disable=import-outside-toplevel
-    sys.exit(main())

@@ -20,7 +20,6 @@ import argparse
 import csv
 import hashlib
 import io
-import os
 import sys
 from typing import Optional
 
@@ -33,10 +32,11 @@ import tensorflow as tf  # noqa: E402
 
 from pipelines import contract  # noqa: E402
 from pipelines.errors import PartialFailure, UserError, run_cli  # noqa: E402
-from trainer import backup, data, evaluate, export, litert, models, training  # noqa: E402
-from trainer.report import detection as detection_report  # noqa: E402
-from trainer import distribute  # noqa: E402
+from trainer import (backup, calibrate, data, detection, distribute, evaluate, export,  # noqa: E402
+                     models, settings, training)
+from trainer.litert import export as litert_export  # noqa: E402
 from trainer.report import metrics as classification, writer  # noqa: E402
+from trainer.settings import RunSettings  # noqa: E402
 
 HISTORY_CSV = "history.csv"
 
@@ -44,35 +44,7 @@ HISTORY_CSV = "history.csv"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.task",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", required=True, help="a preprocessing run (local or gs://)")
-    parser.add_argument("--job-dir", default=os.environ.get("AIP_MODEL_DIR"),
-                        help="where the model, metrics and report go (default: $AIP_MODEL_DIR)")
-    parser.add_argument("--model", default=models.DEFAULT_MODEL, choices=models.names(),
-                        help=f"architecture and its recipe (default {models.DEFAULT_MODEL})")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="training epochs (default: the model's recipe)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="examples per batch (default: the model's recipe)")
-    parser.add_argument("--learning-rate", type=float, default=None,
-                        help="peak learning rate (default: the model's recipe)")
-    parser.add_argument("--weight-decay", type=float, default=None,
-                        help="decoupled weight decay of AdamW recipes (default: the recipe's)")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--shuffle-buffer", type=int, default=4096,
-                        help="examples held in memory for shuffling")
-    parser.add_argument("--tensorboard-dir", default=os.environ.get("AIP_TENSORBOARD_LOG_DIR"),
-                        help="default: JOB/logs or $AIP_TENSORBOARD_LOG_DIR")
-    parser.add_argument("--checkpoint-dir", default=os.environ.get("AIP_CHECKPOINT_DIR"),
-                        help="backup for resuming (default: JOB/checkpoints or "
-                             "$AIP_CHECKPOINT_DIR)")
-    parser.add_argument("--restart", action="store_true",
-                        help="discard the backups of an earlier run in the checkpoint folder "
-                             "and train from the start (default: resume, if they are of "
-                             "the same run)")
-    parser.add_argument("--no-report", action="store_true", help="skip plots and report.html")
-    parser.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
-                        help="Keras progress output: 0 silent, 1 progress bar, 2 a line per epoch")
-    distribute.add_flags(parser)
+    settings.add_flags(parser, models.names(), models.DEFAULT_MODEL)
     return parser
 
 
@@ -92,57 +64,57 @@ def read_history(job_dir: str) -> dict[str, list[float]]:
     return {key: [float(row[key]) for row in rows] for key in keys}
 
 
-def run_fingerprint(args: argparse.Namespace, labels: list[str], recipe) -> dict:
+def run_fingerprint(options: RunSettings, labels: list[str], recipe) -> dict:
     """What makes a resumed run the same run: data, labels, model, recipe and seed.
 
     The epoch count is left out, so a finished run can be extended with more --epochs.
     """
-    with tf.io.gfile.GFile(f"{args.data_dir.rstrip('/')}/{contract.METADATA_FILE}",
+    with tf.io.gfile.GFile(f"{options.data_dir.rstrip('/')}/{contract.METADATA_FILE}",
                            "rb") as handle:
         data_digest = hashlib.sha256(handle.read()).hexdigest()[:16]
-    settings = {key: value for key, value in recipe.settings().items() if key != "epochs"}
-    return {"data": data_digest, "labels": labels, "model": args.model,
-            "recipe": backup.digest(settings), "seed": args.seed,
-            "shuffle_buffer": args.shuffle_buffer}
+    values = {key: value for key, value in recipe.settings().items() if key != "epochs"}
+    return {"data": data_digest, "labels": labels, "model": options.model,
+            "recipe": backup.digest(values), "seed": options.seed,
+            "shuffle_buffer": options.shuffle_buffer}
 
 
-def train_and_evaluate(args: argparse.Namespace) -> dict:
+def train_and_evaluate(options: RunSettings) -> dict:
     """Fits the model, evaluates it on the test split and writes every artifact."""
-    if not args.job_dir:
+    if not options.job_dir:
         raise UserError("--job-dir is required (or set AIP_MODEL_DIR)")
-    job_dir = args.job_dir.rstrip("/")
-    labels = data.read_labels(args.data_dir)
-    metadata = data.read_metadata(args.data_dir)
+    job_dir = options.job_dir.rstrip("/")
+    labels = data.read_labels(options.data_dir)
+    metadata = data.read_metadata(options.data_dir)
     # Before any TensorFlow op: workers set up the collectives first (and then wait for
     # one another, so what would stop a worker is checked before).
-    dist = distribute.setup(args, args.data_dir)
-    recipe = dist.scale(models.get_recipe(args.model).with_overrides(
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay))
-    files = data.check_shards(args.data_dir, metadata, contract.SPLITS)
+    dist = distribute.setup(options)
+    recipe = dist.scale(models.get_recipe(options.model).with_overrides(
+        epochs=options.epochs, batch_size=options.batch_size,
+        learning_rate=options.learning_rate, weight_decay=options.weight_decay))
+    files = data.check_shards(options.data_dir, metadata, contract.SPLITS)
     sizes = {split: data.split_size(metadata, split) for split in contract.SPLITS}
     for split, size in sizes.items():
         if size == 0:
-            raise UserError(f"{args.data_dir}/{split}: empty split (no examples); "
+            raise UserError(f"{options.data_dir}/{split}: empty split (no examples); "
                             "use more data or other --val-percent/--test-percent")
     if recipe.needs_waveforms and not metadata.waveforms:
-        raise UserError(f"{args.data_dir}: model {args.model!r} augments audio and needs "
+        raise UserError(f"{options.data_dir}: model {options.model!r} augments audio and needs "
                         "stored waveforms; preprocess without --no-waveforms")
     shared_dir, job_dir = job_dir, dist.writable(job_dir, "job")  # others: their scratch
 
-    keras.utils.set_random_seed(args.seed)
+    keras.utils.set_random_seed(options.seed)
     tf.io.gfile.makedirs(job_dir)
-    checkpoint_dir = (args.checkpoint_dir or f"{shared_dir}/checkpoints").rstrip("/")
-    log_dir = dist.writable(args.tensorboard_dir or f"{job_dir}/logs", "logs")
+    checkpoint_dir = (options.checkpoint_dir or f"{shared_dir}/checkpoints").rstrip("/")
+    log_dir = dist.writable(options.tensorboard_dir or f"{job_dir}/logs", "logs")
     epoch_backup, resume_from = dist.backups(
-        checkpoint_dir, run_fingerprint(args, labels, recipe), args.restart)
-    if args.restart:
+        checkpoint_dir, run_fingerprint(options, labels, recipe), options.restart)
+    if options.restart:
         epoch_backup.discard()
     resume_from.check_same_run()
     if not resume_from.epochs() and tf.io.gfile.exists(f"{job_dir}/{HISTORY_CSV}"):
-        tf.io.gfile.remove(f"{job_dir}/{HISTORY_CSV}")  # a fresh run, not a resumption
+        tf.io.gfile.remove(f"{job_dir}/{HISTORY_CSV}")  # a fresh options, not a resumption
 
-    train_ds = dist.train_input(recipe.train_dataset(dist.share(files[contract.TRAIN]), args))
+    train_ds = dist.train_input(recipe.train_dataset(dist.share(files[contract.TRAIN]), options))
     val_ds = dist.eval_input(data.make_dataset(files[contract.VAL], recipe.batch_size, False,
                                                num_examples=sizes[contract.VAL]))
     test_ds = data.make_dataset(files[contract.TEST], recipe.batch_size, False,
@@ -150,7 +122,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
     spectrograms = data.make_dataset(files[contract.TRAIN], 256, False).map(lambda x, _: x)
     with dist.strategy.scope():
         net = data.guard_corruption(files[contract.TRAIN], lambda: models.build_model(
-            args.model, len(labels), train_spectrograms=spectrograms))
+            options.model, len(labels), train_spectrograms=spectrograms))
         recipe.compile(net, sizes[contract.TRAIN])
         start = resume_from.restore(net)
     if start is not None:
@@ -161,7 +133,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
         keras.callbacks.CSVLogger(f"{job_dir}/{HISTORY_CSV}", append=True),
         keras.callbacks.TensorBoard(log_dir=log_dir),
         stop_on_nan,
-    ] + recipe.callbacks() + distribute.tuning_callbacks(args, dist) + [
+    ] + recipe.callbacks() + distribute.tuning_callbacks(options, dist) + [
         # Last, so an epoch counts as done only once its history row is written: a kill
         # in between repeats the epoch (its row is replaced) instead of losing the row.
         epoch_backup,
@@ -171,7 +143,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
         train_ds, validation_data=val_ds, epochs=recipe.epochs, callbacks=callbacks,
         initial_epoch=start or 0,
         steps_per_epoch=recipe.steps_per_epoch(sizes[contract.TRAIN]),
-        verbose=args.verbose, shuffle=False))  # tf.data already shuffles
+        verbose=options.verbose, shuffle=False))  # tf.data already shuffles
     if stop_on_nan.bad_epoch is not None:
         raise PartialFailure(f"training stopped: the loss became NaN or infinite in epoch "
                              f"{stop_on_nan.bad_epoch} (try a lower --learning-rate)")
@@ -185,38 +157,37 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
     serving = recipe.serving_model(net)
     export_dir = export.export_model(serving, labels, f"{job_dir}/{contract.EXPORT_DIR}")
     # LiteRT files beside the SavedModel, int8 calibrated on training clips.
-    litert.export_run(serving, labels, export_dir, args.data_dir, seed=args.seed)
+    litert_export.export_run(serving, labels, export_dir, options.data_dir, seed=options.seed)
     with tf.io.gfile.GFile(f"{job_dir}/{contract.LABELS_FILE}", "w") as handle:
         handle.write(contract.format_labels(labels))
-    settings = {"model": args.model, "data_dir": args.data_dir, "seed": args.seed,
-                "shuffle_buffer": args.shuffle_buffer, **recipe.settings(),
+    recorded = {"model": options.model, "data_dir": options.data_dir, "seed": options.seed,
+                "shuffle_buffer": options.shuffle_buffer, **recipe.settings(),
                 "epochs_run": len(next(iter(history.values()), [])),
                 "split": metadata.split.to_dict(), **dist.settings()}
     metrics = evaluate.evaluate_split(net, test_ds, files[contract.TEST], labels)
     metrics.update({
-        "model": args.model, "parameters": int(net.count_params()),
+        "model": options.model, "parameters": int(net.count_params()),
         "counts": {split: sizes[split] for split in contract.SPLITS},
-        "settings": settings, "export_dir": export_dir,
+        "settings": recorded, "export_dir": export_dir,
     })
-    if detection_report.wanted_after_training(labels, metadata.waveforms):
-        metrics["streaming"] = detection_report.evaluate_after_training(job_dir, args.data_dir)
-        print(detection_report.format_streaming(metrics["streaming"]))
+    if calibrate.wanted_after_training(labels, metadata.waveforms):
+        metrics["streaming"] = calibrate.evaluate_after_training(job_dir, options.data_dir)
+        print(detection.format_streaming(metrics["streaming"]))
     writer.write_json(f"{job_dir}/metrics.json", metrics)
     writer.write_json(f"{job_dir}/history.json", history)
     print(classification.format_metrics(metrics))
-    if not args.no_report:
+    if options.report:
         report = writer.write_run_report(job_dir, export_dir, files[contract.TEST],
-                                             metrics, history, labels,
-                                             metadata.waveforms)
+                                         metrics, history, labels, metadata.waveforms)
         print(f"\nreport: {report}")
     print(f"model: {job_dir}/model.keras  export: {export_dir}")
     return metrics
 
 
 def run(argv: Optional[list[str]] = None) -> dict:
-    args = build_parser().parse_args(
+    flags = build_parser().parse_args(
         distribute.hyphenated(sys.argv[1:] if argv is None else argv))
-    return train_and_evaluate(args)
+    return train_and_evaluate(settings.from_flags(flags))
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -10,7 +10,6 @@ or a new architecture can change one step.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 from typing import Callable, Optional
@@ -19,6 +18,7 @@ import keras
 import tensorflow as tf
 
 from trainer import augment, data, training
+from trainer.settings import RunSettings
 
 OPTIMIZERS = ("adam", "adamw")
 
@@ -77,16 +77,16 @@ class Recipe:
                    else math.ceil(num_examples / self.batch_size))
         return max(1, batches)
 
-    def train_dataset(self, files: list[str], args: argparse.Namespace) -> tf.data.Dataset:
+    def train_dataset(self, files: list[str], settings: RunSettings) -> tf.data.Dataset:
         """Endless shuffled (spectrogram, label) batches; `steps_per_epoch` make an epoch."""
         if self.augmentation is None:
-            return data.make_dataset(files, self.batch_size, True, seed=args.seed,
-                                     shuffle_buffer=args.shuffle_buffer, repeat=True)
-        waveforms = data.make_dataset(files, self.batch_size, True, seed=args.seed,
-                                      waveform=True, shuffle_buffer=args.shuffle_buffer,
+            return data.make_dataset(files, self.batch_size, True, seed=settings.seed,
+                                     shuffle_buffer=settings.shuffle_buffer, repeat=True)
+        waveforms = data.make_dataset(files, self.batch_size, True, seed=settings.seed,
+                                      waveform=True, shuffle_buffer=settings.shuffle_buffer,
                                       repeat=True)
-        augmented = augment.augment_dataset(waveforms, background_bank(args.data_dir),
-                                            self.augmentation, seed=args.seed)
+        augmented = augment.augment_dataset(waveforms, data.background_bank(settings.data_dir),
+                                            self.augmentation, seed=settings.seed)
         return augmented.prefetch(tf.data.AUTOTUNE)
 
     def compile(self, net: keras.Model, train_size: int) -> None:
@@ -123,13 +123,3 @@ class Recipe:
         values = dataclasses.asdict(self)
         values["serving"] = getattr(self.serving, "__qualname__", None)
         return values
-
-
-def background_bank(data_dir: str) -> Optional[augment.NoiseBank]:
-    """The run's background-noise recordings, or None (with a note) when it has none."""
-    try:
-        return data.load_background(data_dir)
-    except ValueError:
-        print(f"note: {data_dir} holds no background-noise recordings (preprocess a folder "
-              "with _background_noise_/ to add them); training without noise mixing")
-        return None
