@@ -33,7 +33,7 @@ import tensorflow as tf  # noqa: E402
 
 from pipelines import contract  # noqa: E402
 from pipelines.errors import run_cli  # noqa: E402
-from trainer import data, models, predict  # noqa: E402
+from trainer import data, models, predict, scoring  # noqa: E402
 from trainer.models import tutorial  # noqa: E402
 
 
@@ -108,7 +108,7 @@ def _clip_times(predictor: predict.Predictor, paths: list[str]) -> list[float]:
     samples = []
     for path in paths:
         start = time.perf_counter()
-        with predict.open_file(path) as handle:
+        with scoring.open_recording(path) as handle:
             probabilities = predictor.probabilities(handle)
         predictor.labels[int(np.argmax(probabilities))]
         samples.append((time.perf_counter() - start) * 1000)

@@ -5,7 +5,9 @@ benchmark, `trainer.predict`, detection and batch prediction all call these same
 functions, so a clip is featurised identically wherever it goes.
 
 Decoding is done by libsndfile (through `soundfile`), which reads 8/16/24/32-bit integer
-and 32/64-bit float WAV, mono or multichannel; resampling by libsoxr (through `soxr`),
+and 32/64-bit float WAV (and GSM 6.10, u-law, a-law, ADPCM inside WAV), FLAC,
+OGG/Vorbis, Opus and MP3, mono or multichannel (`FORMATS`, told apart by their first
+bytes, not by the file name); resampling by libsoxr (through `soxr`),
 a band-limited resampler with a proper anti-aliasing filter. Every decoder reads the file
 in chunks and resamples it as a stream, so what one file costs is bounded by the limits
 below, never by what its header claims:
@@ -25,13 +27,14 @@ import contextlib
 import io
 import math
 import os
-from typing import BinaryIO, Iterator, NamedTuple, Union
+import re
+from typing import BinaryIO, Iterator, NamedTuple, Optional, Union
 
 import numpy as np
 import soundfile
 import soxr
 
-from pipelines import contract
+from pipelines import contract, errors
 
 # Limits on what one file may cost; a file outside them is refused with the reason
 # before anything is decoded.
@@ -47,16 +50,22 @@ RESAMPLER_MARGIN_SECONDS = 0.1
 
 Source = Union[bytes, bytearray, str, os.PathLike, BinaryIO]
 
+# What this reads, by the file's first bytes; a folder's files are chosen by these
+# extensions (`dataset.classify`).
+FORMATS = "WAV, FLAC, OGG/Vorbis, Opus or MP3"
+EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3")
+
 
 class AudioError(ValueError):
     """A file that cannot be turned into audio. The message is the reason."""
 
 
 class AudioInfo(NamedTuple):
-    """What a WAV header says, after the limits were checked."""
+    """What a recording's header says, after the limits were checked."""
     sample_rate: int
     channels: int
-    frames: int
+    frames: int  # what the file holds (libsndfile reads a file cut short as far as it goes)
+    declared_frames: Optional[int] = None  # what a WAV header claims, when it claims more
 
     @property
     def duration(self) -> float:
@@ -93,8 +102,21 @@ def _open_handle(source: Source) -> Iterator[BinaryIO]:
         yield source
 
 
+_DATA_CUT_SHORT = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
+
+
+def _declared_frames(wav: soundfile.SoundFile) -> Optional[int]:
+    """The frames a WAV header claims when the file holds fewer (libsndfile's log says)."""
+    found = _DATA_CUT_SHORT.search(wav.extra_info or "")
+    if not found or int(found.group(1)) <= int(found.group(2)) or not wav.frames:
+        return None
+    bytes_per_frame = int(found.group(2)) / wav.frames
+    return int(int(found.group(1)) / bytes_per_frame) if bytes_per_frame else None
+
+
 def _check(wav: soundfile.SoundFile, target_rate: int) -> AudioInfo:
-    info = AudioInfo(int(wav.samplerate), int(wav.channels), int(wav.frames))
+    info = AudioInfo(int(wav.samplerate), int(wav.channels), int(wav.frames),
+                     _declared_frames(wav))
     if not MIN_SAMPLE_RATE <= info.sample_rate <= MAX_SAMPLE_RATE:
         raise AudioError(f"sample rate {info.sample_rate} Hz outside "
                          f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
@@ -108,20 +130,31 @@ def _check(wav: soundfile.SoundFile, target_rate: int) -> AudioInfo:
     return info
 
 
+def known_format(head: bytes) -> bool:
+    """Whether a file's first 12 bytes start one of `FORMATS`."""
+    if head[:4] in (b"RIFF", b"RF64"):
+        return head[8:12] == b"WAVE"
+    if head[:4] in (b"fLaC", b"OggS") or head[:3] == b"ID3":  # ID3: an MP3's tag
+        return True
+    # An MP3 frame header: 11 sync bits, then an MPEG version and layer that exist.
+    return (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0
+            and head[1] & 0x18 != 0x08 and head[1] & 0x06 != 0)
+
+
 @contextlib.contextmanager
 def _open(source: Source, target_rate: int = contract.SAMPLE_RATE):
-    """Opens a WAV and checks it against the limits: yields (SoundFile, AudioInfo)."""
+    """Opens a recording and checks it against the limits: yields (SoundFile, AudioInfo)."""
     with _open_handle(source) as handle:
         head = handle.read(12)
         if not head:
             raise AudioError("empty file")
-        if head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
-            raise AudioError("not a RIFF/WAVE file")
+        if not known_format(head):
+            raise AudioError(f"not an audio file this reads ({FORMATS})")
         handle.seek(0)
         try:
             wav = soundfile.SoundFile(handle)
         except _SOUNDFILE_ERRORS as error:
-            raise AudioError(f"unreadable WAV ({_short(error)})") from None
+            raise AudioError(f"unreadable audio ({_short(error)})") from None
         with wav:
             yield wav, _check(wav, target_rate)
 
@@ -148,7 +181,9 @@ def _mono_chunks(wav: soundfile.SoundFile, info: AudioInfo, target_rate: int,
         try:
             samples = wav.read(read_frames, dtype="float32", always_2d=True)
         except _SOUNDFILE_ERRORS as error:
-            raise AudioError(f"unreadable WAV ({_short(error)})") from None
+            errors.INTERRUPTS.check()
+            raise AudioError(f"unreadable audio ({_short(error)})") from None
+        errors.INTERRUPTS.check()
         last = samples.shape[0] < read_frames
         if not np.all(np.isfinite(samples)):
             raise AudioError("NaN or infinite samples")

@@ -15,12 +15,16 @@ are removed first, and nothing else in OUTPUT is touched. `beam_parser` also sta
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import re
+import sys
 from typing import Iterable, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import contract, errors, outputs
 
@@ -35,6 +39,41 @@ def beam_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         prog=prog, description=doc.split("\n\n")[0],
         epilog="Any other flag is passed to Beam's PipelineOptions (--runner, --project, ...).")
+
+
+def _not_resource_module_noise(record: logging.LogRecord) -> bool:
+    return "Resource module is not available" not in record.getMessage()
+
+
+def pipeline_options(beam_args: list[str]) -> PipelineOptions:
+    """Beam's options from the flags a command does not define itself.
+
+    A flag that is neither the command's nor any Beam pipeline option's (a misspelt
+    `--treshold 0.3`) is a UserError: Beam would discard it with a log line and the run
+    would go on without it.
+    """
+    # The multi-process DirectRunner forwards each worker's start-up warnings (no
+    # semi-persistent directory, the runner's own flags discarded): noise on every run.
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(
+        logging.ERROR)
+    # Beam's RunInference warns, on every batch, that it cannot read the memory in use
+    # (its optional model manager failed to import, and the resource module with it).
+    logging.getLogger().addFilter(_not_resource_module_noise)
+    options = PipelineOptions(beam_args)
+    quiet = logging.getLogger("apache_beam.options.pipeline_options")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # Beam warns of the flags it discards; we refuse them
+    try:
+        known = set(options.get_all_options())
+        unknown = set(options.get_all_options(retain_unknown_options=True)) - known
+    finally:
+        quiet.setLevel(level)
+    if unknown:
+        flags = [arg.split("=", 1)[0] for arg in beam_args if arg.startswith("-")
+                 and arg.lstrip("-").split("=", 1)[0].replace("-", "_") in unknown]
+        raise errors.UserError(f"{', '.join(flags or sorted(unknown))}: not a flag of this "
+                               "command nor a Beam pipeline option (see --help)")
+    return options
 
 
 def batch_parser(prog: str, doc: str) -> argparse.ArgumentParser:
@@ -55,8 +94,18 @@ def load_export(model_dir: str) -> tuple[str, list[str]]:
 
 
 def count_inputs(pattern: str) -> int:
-    """How many files match `pattern`; none is a UserError."""
-    listed = len(FileSystems.match([pattern])[0].metadata_list)
+    """How many files match `pattern`; none, or a listing that fails, is a UserError."""
+    if "://" not in pattern and os.path.isdir(pattern):
+        raise errors.UserError(f"{pattern}: is a folder; give a file pattern such as "
+                               f"'{pattern.rstrip('/')}/*.wav' or '{pattern.rstrip('/')}/**'")
+    if "://" in pattern:
+        print(f"listing {pattern} (a store that cannot be reached is retried for up to two "
+              "minutes)", file=sys.stderr, flush=True)
+    try:
+        listed = len(FileSystems.match([pattern])[0].metadata_list)
+    except Exception as error:  # pylint: disable=broad-except  # each filesystem its own
+        raise errors.UserError(f"{pattern}: cannot list ({errors.first_line(error)})") \
+            from None
     if not listed:
         raise errors.UserError(f"{pattern}: no files match")
     return listed
@@ -83,21 +132,66 @@ def shard_files(pattern: str) -> list[str]:
                   if _SHARD_NAME.search(match.path))
 
 
-def prepare_output(output: str, patterns: Iterable[str],
+def prepare_output(output: str, prefixes: Iterable[str],
                    overwrite: Optional[bool] = None) -> None:
-    """Refuses an `output` holding shards (of `patterns`) of an earlier run; with
-    `overwrite`, removes just those. None: the command has no --overwrite."""
-    earlier = sorted(path for pattern in patterns for path in shard_files(pattern))
-    if not earlier:
+    """Refuses an `output` holding what an earlier run wrote to `prefixes` (its shards, or
+    the temporary folders of a run stopped before its sinks finished); with `overwrite`,
+    removes just those. None: the command has no --overwrite."""
+    outputs.check_writable_folder(output)
+    earlier, folders = [], []
+    for prefix in prefixes:
+        earlier += shard_files(shards_of(prefix))
+        temp_files, temp_folders = outputs.sink_temp_files(prefix)
+        earlier += temp_files
+        folders += temp_folders
+    earlier.sort()
+    if not earlier and not folders:
         return
     if not overwrite:
-        names = ", ".join(path[len(output) + 1:] for path in earlier[:3])
-        more = f" and {len(earlier) - 3} more" if len(earlier) > 3 else ""
+        names = ", ".join(path[len(output) + 1:] for path in (earlier or folders)[:3])
+        count = len(earlier or folders)
+        more = f" and {count - 3} more" if count > 3 else ""
         how = ("pass --overwrite to replace them, or choose another --output"
                if overwrite is not None else "choose another --output")
         raise errors.UserError(f"{output}: already holds the output of a run "
                                f"({names}{more}); {how}")
-    FileSystems.delete(earlier)
+    if earlier:
+        FileSystems.delete(earlier)
+    remaining = [folder for folder in folders if os.path.isdir(folder)]
+    if remaining:
+        FileSystems.delete(remaining)
+
+
+WRITE_FAILURES = ("No space left on device", "Disk quota exceeded", "Read-only file system",
+                  "Permission denied")
+
+
+def run_pipeline(pipeline: beam.Pipeline, output: str, prefixes: Iterable[str]):
+    """Runs `pipeline` to the end; its result.
+
+    A run that does not finish (Ctrl-C, a full disk, a failed step) leaves no temporary
+    sink folders behind: `prepare_output` found none before the run, so those under
+    `prefixes` are this run's, and they are removed. A write that failed for lack of
+    space or permission is one line (PartialFailure) instead of Beam's traceback.
+    """
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+        return result
+    except BaseException as error:
+        for prefix in prefixes:
+            files, folders = outputs.sink_temp_files(prefix)
+            try:
+                FileSystems.delete(files + [folder for folder in folders
+                                            if os.path.isdir(folder)])
+            except (IOError, OSError):
+                pass
+        reason = next((reason for reason in WRITE_FAILURES if reason in str(error)), None)
+        if reason and isinstance(error, Exception):
+            raise errors.PartialFailure(f"{output}: cannot write ({reason}); the run "
+                                        "stopped and its temporary files were removed") \
+                from None
+        raise
 
 
 def count_lines(pattern: str) -> int:

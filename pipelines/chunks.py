@@ -20,32 +20,45 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import NamedTuple, Optional
 
 import apache_beam as beam
 import numpy as np
 import soundfile
 import soxr
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
-from pipelines import audio, batch, contract, errors, events, scoring, transforms
+from pipelines import audio, batch, contract, errors, events, inputs, scoring, transforms
 
 EVENTS = "events"
 CHUNK_SECONDS = 60.0
 NAMESPACE = "detect"
-# Around a chunk of a file at another rate, the resampler is given this much more source
-# audio on each side, so the chunk's samples equal those of the whole file resampled.
-RESAMPLE_MARGIN_SECONDS = 0.2
+# Around a chunk, this much more source audio is read on each side: the resampler of a
+# file at another rate then gives the chunk the samples of the whole file resampled, and
+# a compressed format's decoder (MP3's bit reservoir) has settled before the chunk starts.
+MARGIN_SECONDS = 0.2
 
 
 class Chunk(NamedTuple):
-    """Windows first..stop-1 of a recording, and what its header says."""
-    path: str
+    """Windows first..stop-1 of a recording, and what its header says.
+
+    The path travels as `inputs.path_bytes` (a name that is not UTF-8 cannot be encoded
+    between steps as text).
+    """
+    raw_path: bytes
     first: int
     stop: int
+    total: int  # the recording's windows
     info: audio.AudioInfo
+
+    @property
+    def path(self) -> str:
+        """The path to open (undecodable bytes as surrogate escapes)."""
+        return self.raw_path.decode("utf-8", "surrogateescape")
 
     @property
     def num_samples(self) -> int:
@@ -63,29 +76,28 @@ class ChunkResult(NamedTuple):
 def read_range(path: str, start: int, stop: int, info: audio.AudioInfo) -> np.ndarray:
     """Samples start..stop-1 of a recording, mono at 16 kHz, as `audio.read_blocks` gives.
 
-    A 16 kHz file is read from `start` directly. A file at another rate is read with a
-    margin on each side, starting on a whole resampling period, and resampled, so the
-    samples match the whole file resampled up to the filter's rounding.
+    The file is read with a margin on each side (`MARGIN_SECONDS`), starting on a whole
+    resampling period, and resampled when its rate is not 16 kHz, so the samples match
+    the whole file decoded and resampled, up to the filter's rounding.
     """
     target = contract.SAMPLE_RATE
     rate = info.sample_rate
     period_in, period_out = rate // math.gcd(rate, target), target // math.gcd(rate, target)
-    if rate == target:
-        source_start, source_stop, out_start = start, stop, start
-    else:
-        margin = math.ceil(RESAMPLE_MARGIN_SECONDS * target / period_out)
-        first_period = max(0, start // period_out - margin)
-        source_start, out_start = first_period * period_in, first_period * period_out
-        source_stop = (math.ceil(stop / period_out) + margin) * period_in
+    margin = math.ceil(MARGIN_SECONDS * target / period_out)
+    first_period = max(0, start // period_out - margin)
+    source_start, out_start = first_period * period_in, first_period * period_out
+    source_stop = (math.ceil(stop / period_out) + margin) * period_in
     source_stop = min(source_stop, info.frames)
-    with FileSystems.open(path) as handle:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         try:
-            with soundfile.SoundFile(handle) as wav:
-                wav.seek(source_start)
-                samples = wav.read(max(0, source_stop - source_start), dtype="float32",
-                                   always_2d=True)
+            with soundfile.SoundFile(handle) as recording:
+                skip_to(recording, source_start)
+                samples = recording.read(max(0, source_stop - source_start), dtype="float32",
+                                         always_2d=True)
         except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
-            raise audio.AudioError(f"unreadable WAV ({error})") from None
+            errors.INTERRUPTS.check()
+            raise audio.AudioError(f"unreadable audio ({error})") from None
+    errors.INTERRUPTS.check()
     if not np.all(np.isfinite(samples)):
         raise audio.AudioError("NaN or infinite samples")
     mono = samples.mean(axis=1) if info.channels > 1 else samples[:, 0]
@@ -95,8 +107,22 @@ def read_range(path: str, start: int, stop: int, info: audio.AudioInfo) -> np.nd
     return np.clip(mono[start - out_start:stop - out_start], -1.0, 1.0).astype(np.float32)
 
 
+def skip_to(recording: soundfile.SoundFile, frame: int) -> None:
+    """Moves to `frame`: a seek, or for an encoding libsndfile cannot seek in (GSM 6.10
+    in WAV, for one) reads and drops the frames before it, a block at a time."""
+    if recording.seekable():
+        recording.seek(frame)
+        return
+    block = max(1, recording.samplerate * 10)
+    while frame > 0:
+        skipped = len(recording.read(min(block, frame), dtype="float32", always_2d=True))
+        if not skipped:
+            return
+        frame -= skipped
+
+
 class PlanChunks(beam.DoFn):
-    """Path -> its chunks (from the WAV header); unreadable files rejected."""
+    """Path (bytes) -> its chunks (from the header); unreadable files rejected."""
 
     def __init__(self, config: events.Config, chunk_windows: int):
         self._config = config
@@ -104,10 +130,11 @@ class PlanChunks(beam.DoFn):
         self._rejected = Metrics.counter(NAMESPACE, "rejected")
         self._files = Metrics.counter(NAMESPACE, "files")
 
-    def process(self, path: str):
+    def process(self, raw_path: bytes):
         self._files.inc()
+        path = inputs.printable(raw_path)
         try:
-            info = audio.probe(path)
+            info = audio.probe(raw_path.decode("utf-8", "surrogateescape"))
         except audio.AudioError as error:
             self._rejected.inc()
             yield beam.pvalue.TaggedOutput(transforms.REJECTED,
@@ -121,7 +148,7 @@ class PlanChunks(beam.DoFn):
         num_samples = audio.resampled_length(info.frames, info.sample_rate)
         total = events.num_windows(num_samples, self._config.window, self._config.hop)
         for first in range(0, total, self._chunk_windows):
-            yield Chunk(path, first, min(first + self._chunk_windows, total), info)
+            yield Chunk(raw_path, first, min(first + self._chunk_windows, total), total, info)
 
 
 class SharedScorer:
@@ -156,19 +183,22 @@ class ScoreChunk(beam.DoFn):
         try:
             samples = read_range(chunk.path, start, stop, chunk.info)
         except (audio.AudioError, IOError, OSError) as error:
-            yield chunk.path, ChunkResult(chunk.first, None, (
+            yield chunk.raw_path, ChunkResult(chunk.first, None, (
                 f"chunk at {chunk.first * config.hop / contract.SAMPLE_RATE:.1f} s: "
                 f"{errors.first_line(error)}"))
             return
         probabilities = self._scorer.score_span(samples, start, first, chunk.stop - first,
                                                 config)
         smoothed = events.smooth(probabilities[context:], config.smoothing,
-                                    probabilities[:context])
+                                 probabilities[:context])
         times = events.window_times(chunk.first, chunk.stop - chunk.first,
-                                       chunk.num_samples, config.window, config.hop)
+                                    chunk.num_samples, config.window, config.hop)
         columns, thresholds = events.threshold_vector(config, self._labels)
         self._chunks.inc()
-        yield chunk.path, ChunkResult(chunk.first, events.find_candidates(
+        # Progress: Beam runners show a worker's stderr (DirectRunner: the terminal).
+        print(f"{inputs.printable(chunk.raw_path)}: windows {chunk.first}-{chunk.stop - 1} "
+              f"of {chunk.total} scored", file=sys.stderr, flush=True)
+        yield chunk.raw_path, ChunkResult(chunk.first, events.find_candidates(
             smoothed, chunk.first, times, columns, thresholds), None)
 
 
@@ -183,7 +213,8 @@ class FireEvents(beam.DoFn):
         self._events = Metrics.counter(NAMESPACE, "events")
 
     def process(self, element):
-        path, results = element
+        raw_path, results = element
+        path = inputs.printable(raw_path)
         results = sorted(results, key=lambda result: result.first)
         failures = [result.error for result in results if result.error]
         if failures:
@@ -206,7 +237,7 @@ def build_pipeline(pipeline: beam.Pipeline, input_pattern: str, model_dir: str,
     """Adds the detection graph to `pipeline`."""
     chunk_windows = max(1, int(round(chunk_seconds * 1000 / config.hop_ms)))
     chunks = (pipeline
-              | "List" >> transforms.MatchPatterns([input_pattern])
+              | "List" >> transforms.MatchPatterns([input_pattern], as_bytes=True)
               | "Plan" >> beam.ParDo(PlanChunks(config, chunk_windows)).with_outputs(
                   transforms.REJECTED, main="chunks"))
     fired = (chunks.chunks

@@ -103,6 +103,16 @@ def find_export(model_dir: str, name: str = SAVED_MODEL_FILE,
     folder must hold labels.txt beside `name`. Otherwise raises `errors.UserError`, one
     line naming the path; `missing` is what it says when neither folder holds `name`.
     """
+    try:
+        return _find_export(model_dir, name, missing)
+    except errors.UserError:
+        raise
+    except Exception as error:  # pylint: disable=broad-except  # each filesystem its own
+        raise errors.UserError(f"{model_dir}: cannot read ({errors.first_line(error)})") \
+            from None
+
+
+def _find_export(model_dir: str, name: str, missing: Optional[str]) -> str:
     from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
     base = model_dir.rstrip("/")
     for folder in (f"{base}/{EXPORT_DIR}", base):

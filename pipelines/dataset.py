@@ -12,6 +12,7 @@ import re
 from typing import Iterable, NamedTuple, Optional
 
 from pipelines import contract
+from pipelines.audio import EXTENSIONS as AUDIO_EXTENSIONS
 
 # As in TensorFlow's speech_commands `which_set()`: the hash is taken modulo this, so a
 # file's split depends on its speaker alone and never on how many files there are.
@@ -24,6 +25,7 @@ _NOHASH = re.compile(r"_nohash_.*$")
 _SPEAKER_ID = re.compile(r"^[0-9a-f]{8}$")
 
 BACKGROUND_REASON = "background noise"
+NOT_AUDIO_REASON = f"not an audio file ({', '.join(AUDIO_EXTENSIONS)})"
 SPLIT_SPEAKER = "speaker"
 SPLIT_RANDOM = "random"
 
@@ -65,8 +67,8 @@ def classify(path: str, data_dir: str, wanted: Optional[Iterable[str]] = None,
     if len(parts) != 2:
         return Entry(None, "not in a label folder")
     folder, name = parts
-    if not name.lower().endswith(".wav"):
-        return Entry(None, "not a .wav file")
+    if not name.lower().endswith(AUDIO_EXTENSIONS):
+        return Entry(None, NOT_AUDIO_REASON)
     if folder == contract.BACKGROUND_NOISE_DIR:
         return Entry(None, BACKGROUND_REASON)
     if unknown and folder == UNKNOWN_LABEL:
@@ -100,8 +102,8 @@ def speaker_id(path: str) -> str:
     name = posixpath.basename(path.replace("\\", "/"))
     if "_nohash_" not in name:
         stem = name
-        while stem.lower().endswith(".wav"):
-            stem = stem[:-4]
+        while stem.lower().endswith(AUDIO_EXTENSIONS):
+            stem = stem.rsplit(".", 1)[0]
         return stem
     prefix = _NOHASH.sub("", name)
     last = prefix.rsplit("_", 1)[-1]

@@ -30,9 +30,8 @@ import sys
 from typing import Optional
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import batch, chunks, errors, events, scoring
+from pipelines import batch, chunks, claim, errors, events, scoring
 
 EVENTS = chunks.EVENTS
 NAMESPACE = chunks.NAMESPACE
@@ -76,21 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: Optional[list[str]] = None) -> dict:
     args, beam_args = build_parser().parse_known_args(argv)
+    options = batch.pipeline_options(beam_args)
     export_dir, labels = batch.load_export(args.model_dir)
     config = load_config(export_dir, labels, args.threshold)
     batch.count_inputs(args.input)
     output = args.output.rstrip("/")
-    found, rejected = (batch.shards_of(f"{output}/{EVENTS}"),
-                       batch.shards_of(batch.rejected_prefix(output)))
-    batch.prepare_output(output, (found, rejected), args.overwrite)
-    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
-    chunks.build_pipeline(pipeline, args.input, export_dir, labels, config, output,
-                          args.chunk_seconds)
-    result = pipeline.run()
-    result.wait_until_finish()
-    counts = {name: batch.counter(result, NAMESPACE, name)
-              for name in ("files", "detected", "rejected", "chunks", "events")}
-    written = {"events": batch.count_lines(found), "rejected": batch.count_lines(rejected)}
+    prefixes = (f"{output}/{EVENTS}", batch.rejected_prefix(output))
+    found, rejected = (batch.shards_of(prefix) for prefix in prefixes)
+    with claim.Claim(output, "python -m pipelines.detect"):
+        batch.prepare_output(output, prefixes, args.overwrite)
+        pipeline = beam.Pipeline(options=options)
+        chunks.build_pipeline(pipeline, args.input, export_dir, labels, config, output,
+                              args.chunk_seconds)
+        result = batch.run_pipeline(pipeline, output, prefixes)
+        counts = {name: batch.counter(result, NAMESPACE, name)
+                  for name in ("files", "detected", "rejected", "chunks", "events")}
+        written = {"events": batch.count_lines(found),
+                   "rejected": batch.count_lines(rejected)}
     print(f"files {counts['files']} = detected {counts['detected']} + rejected "
           f"{written['rejected']}; "
           f"{written['events']} events from {counts['chunks']} chunks: "

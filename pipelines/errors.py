@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
-from typing import Callable, Optional
+import threading
+from typing import Callable, Iterator, Optional
 
 EXIT_USER_ERROR = 2
 EXIT_DATA_ERROR = 1
@@ -26,23 +29,106 @@ class PartialFailure(UserError):
     exit_code = EXIT_DATA_ERROR
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (a preempted machine, a job cancelled): exit 143."""
+
+
 def first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
 
+class _Interrupts:
+    """Ctrl-C and SIGTERM as the command-line tools see them.
+
+    The signal is raised as usual (KeyboardInterrupt, or Terminated), and remembered:
+    Beam catches an exception raised inside a step, logs its traceback and raises a
+    RuntimeError of its own in its place, so the tool tells an interrupted run by the
+    flag rather than by the exception's type, and mutes the log handlers once it is set.
+    """
+
+    def __init__(self):
+        self.signal: Optional[int] = None
+
+    def __call__(self, signum, frame):  # pylint: disable=unused-argument
+        if self.signal is None:
+            self.signal = signum
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(lambda record: False)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    def install(self) -> None:
+        self.signal = None
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self)
+            if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+                signal.signal(signal.SIGTERM, self)
+
+
+    def check(self) -> None:
+        """Raises again if a signal arrived: for code after a call that may have swallowed
+        it (libsndfile reads through a Python callback, and an exception raised inside a
+        callback is printed and dropped, the read cut short)."""
+        if self.signal is not None:
+            raise Terminated() if self.signal == signal.SIGTERM else KeyboardInterrupt()
+
+
+INTERRUPTS = _Interrupts()
+
+
+def honour_sigterm() -> None:
+    """SIGTERM ends the command at the next Python step, as Ctrl-C does (exit 143).
+
+    For code after a library took SIGTERM over (TensorFlow's multi-worker strategy
+    installs a preemption handler that keeps the process running). Main thread only.
+    """
+    signal.signal(signal.SIGTERM, INTERRUPTS)
+
+
 def run_cli(function: Callable, argv: Optional[list[str]] = None) -> int:
-    """Calls `function(argv)`; turns UserError into one line on stderr and an exit code."""
+    """Calls `function(argv)`; turns UserError into one line on stderr and an exit code.
+
+    Ctrl-C ends in "interrupted" and exit code 130, SIGTERM in "terminated" and 143,
+    whatever the library the signal interrupted did with it.
+    """
     logging.getLogger().setLevel(logging.WARNING)
+    INTERRUPTS.install()
     try:
         function(argv)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
+    except (Exception, KeyboardInterrupt) as error:  # pylint: disable=broad-except
+        received = INTERRUPTS.signal or (signal.SIGTERM if isinstance(error, Terminated)
+                                         else signal.SIGINT if isinstance(
+                                             error, KeyboardInterrupt) else None)
+        if received is None:
+            raise
+        if received == signal.SIGTERM:
+            print("terminated (SIGTERM)", file=sys.stderr)
+            return 143
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Mutes file descriptor 2 (what C++ libraries print) for the block; Python
+    exceptions still propagate. KWS_TF_STARTUP_LOGS=1 keeps it open."""
+    if os.environ.get("KWS_TF_STARTUP_LOGS"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def import_tensorflow_quietly() -> None:
@@ -53,16 +139,9 @@ def import_tensorflow_quietly() -> None:
     exceptions are unaffected; set KWS_TF_STARTUP_LOGS=1 to see the chatter.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if os.environ.get("KWS_TF_STARTUP_LOGS") or "tensorflow" in sys.modules:
+    if "tensorflow" in sys.modules:
         return
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
+    with quiet_stderr():
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         tf.config.list_physical_devices("GPU")  # probes CUDA once, while muted
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
     tf.get_logger().setLevel(logging.ERROR)

@@ -178,22 +178,22 @@ def check_inputs(data_dir: str, wanted: Optional[list[str]], unknown: bool = Fal
     labels = dataset.label_folders(paths, data_dir, wanted, unknown)
     if unknown and dataset.UNKNOWN_LABEL not in labels:
         raise errors.UserError(
-            f"{data_dir}: --unknown-percent needs .wav files of other words (folders not "
+            f"{data_dir}: --unknown-percent needs audio files of other words (folders not "
             f"in --labels, or {dataset.UNKNOWN_LABEL}/)")
     if silence:
         if not any(dataset.classify(path, data_dir).skip_reason == dataset.BACKGROUND_REASON
                    for path in paths):
             raise errors.UserError(
                 f"{data_dir}: --silence-percent needs a {contract.BACKGROUND_NOISE_DIR}/ "
-                "folder of .wav noise recordings")
+                "folder of noise recordings")
         labels = sorted(labels + [dataset.SILENCE_LABEL])
     if wanted:
         missing = sorted(set(wanted) - set(labels))
         if missing:
             raise errors.UserError(
-                f"{data_dir}: no .wav files for label(s) {', '.join(missing)}")
+                f"{data_dir}: no audio files for label(s) {', '.join(missing)}")
     if not labels:
-        raise errors.UserError(f"{data_dir}: no label folders with .wav files "
+        raise errors.UserError(f"{data_dir}: no label folders with audio files "
                                "(expected DIR/<label>/*.wav)")
     if len(labels) < 2:
         raise errors.UserError(f"{data_dir}: only one label ({labels[0]}); a classifier "

@@ -33,7 +33,7 @@ _SHARD = re.compile(rf"{contract.SHARD_PREFIX}-\d{{5,}}-of-\d{{5,}}"
                     rf"{re.escape(contract.SHARD_SUFFIX)}({re.escape(contract.GZIP_SUFFIX)})?")
 _REJECTED = re.compile(rf"{contract.REJECTED_PREFIX}-\d{{5,}}-of-\d{{5,}}"
                        rf"{re.escape(contract.REJECTED_SUFFIX)}")
-_TEMP_DIR = re.compile(r"beam-temp-(?P<prefix>[^/]+)-[0-9a-f]{32}")
+TEMP_DIR = re.compile(r"beam-temp-(?P<prefix>[^/]+)-[0-9a-f]{32}")
 
 
 class Contents(NamedTuple):
@@ -61,7 +61,7 @@ def is_within(path: str, folder: str) -> bool:
 def _owned(place: str, relative: str) -> bool:
     """Whether a file at OUT/<place>/<relative> has a name this command writes."""
     first, _, rest = relative.partition("/")
-    temp = _TEMP_DIR.fullmatch(first)
+    temp = TEMP_DIR.fullmatch(first)
     prefix = contract.REJECTED_PREFIX if place == contract.REJECTED_DIR \
         else contract.SHARD_PREFIX
     if temp:
@@ -85,7 +85,7 @@ def contents(output_dir: str) -> Contents:
         if _is_local(root) and os.path.isdir(root):
             temp_dirs += [entry.path for entry in os.scandir(root)
                           if entry.is_dir(follow_symlinks=False)
-                          and _TEMP_DIR.fullmatch(entry.name)]
+                          and TEMP_DIR.fullmatch(entry.name)]
     return Contents(sorted(owned), sorted(foreign), sorted(temp_dirs))
 
 
@@ -99,6 +99,15 @@ def _finished_run(base: str) -> bool:
     return True
 
 
+def check_output_place(output_dir: str, data_dir: str) -> None:
+    """UserError for an OUT that is or is inside the data folder, or that cannot be a
+    folder this command writes."""
+    if is_within(output_dir, data_dir):
+        raise errors.UserError(f"{output_dir}: the output folder is inside the data folder "
+                               f"{data_dir}; choose one outside it")
+    check_writable_folder(output_dir)
+
+
 def prepare_output(output_dir: str, data_dir: str, overwrite: bool) -> None:
     """Makes OUT ready for a run, or raises UserError without touching anything.
 
@@ -106,9 +115,7 @@ def prepare_output(output_dir: str, data_dir: str, overwrite: bool) -> None:
     this command does not write; a run already there, unless `overwrite`, which then
     removes exactly that run's files. Leaves the marker in place for the new run.
     """
-    if is_within(output_dir, data_dir):
-        raise errors.UserError(f"{output_dir}: the output folder is inside the data folder "
-                               f"{data_dir}; choose one outside it")
+    check_output_place(output_dir, data_dir)
     base = output_dir.rstrip("/")
     found = contents(output_dir)
     if found.foreign:
@@ -133,6 +140,39 @@ def prepare_output(output_dir: str, data_dir: str, overwrite: bool) -> None:
     write_text(marker, json.dumps({
         "written_by": "python -m pipelines.preprocess",
         "places": list(PLACES), "files": list(TOP_FILES)}, indent=2) + "\n")
+
+
+def sink_temp_files(prefix: str) -> tuple[list[str], list[str]]:
+    """(files, local folders) of the temporary folders a Beam sink writing to `prefix`
+    leaves when its run is stopped before the sink finishes: PREFIX's folder's
+    beam-temp-<name>-<uuid>/ (the folders are listed only where they exist on disk)."""
+    folder, _, name = prefix.rstrip("/").rpartition("/")
+
+    def ours(name_in_folder: str) -> bool:
+        match = TEMP_DIR.fullmatch(name_in_folder)
+        return bool(match) and match.group("prefix") == name
+
+    listed = FileSystems.match([f"{folder}/beam-temp-{name}-*/**"])[0].metadata_list
+    files = [meta.path for meta in listed
+             if ours(meta.path[len(folder) + 1:].replace(os.sep, "/").split("/", 1)[0])]
+    folders = []
+    if _is_local(folder) and os.path.isdir(folder):
+        folders = [entry.path for entry in os.scandir(folder)
+                   if entry.is_dir(follow_symlinks=False) and ours(entry.name)]
+    return sorted(files), sorted(folders)
+
+
+def check_writable_folder(folder: str) -> None:
+    """UserError when a local `folder` is a file, or exists and cannot be written."""
+    if not _is_local(folder):
+        return
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise errors.UserError(f"{folder}: exists and is not a folder")
+    probe = folder
+    while probe and not os.path.exists(probe):
+        probe = os.path.dirname(probe.rstrip(os.sep))
+    if probe and not os.access(probe, os.W_OK | os.X_OK):
+        raise errors.UserError(f"{folder}: cannot write here (permission denied on {probe})")
 
 
 def write_text(path: str, text: str) -> None:

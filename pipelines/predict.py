@@ -36,19 +36,18 @@ from typing import Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import audio, batch, contract, errors, inputs, transforms
+from pipelines import audio, batch, claim, contract, errors, inputs, transforms
 
 SIGNATURE = "examples"
 PREDICTIONS = "predictions"
 NAMESPACE = "predict"
 
 
-def result_patterns(output: str) -> dict[str, str]:
-    """Glob of each kind of shard a run writes under `output`, by kind."""
-    return {PREDICTIONS: batch.shards_of(f"{output}/{PREDICTIONS}"),
-            contract.REJECTED_DIR: batch.shards_of(batch.rejected_prefix(output))}
+def result_prefixes(output: str) -> dict[str, str]:
+    """The prefix of each kind of shard a run writes under `output`, by kind."""
+    return {PREDICTIONS: f"{output}/{PREDICTIONS}",
+            contract.REJECTED_DIR: batch.rejected_prefix(output)}
 
 
 class ToInferenceExample(beam.DoFn):
@@ -134,19 +133,21 @@ def run(argv: Optional[list[str]] = None) -> dict:
     args, beam_args = parser.parse_known_args(argv)
     if args.num_shards < 0:
         parser.error(f"--num-shards must be 0 or more, got {args.num_shards}")
+    options = batch.pipeline_options(beam_args)
     export_dir, labels = batch.load_export(args.model_dir)
     listed = batch.count_inputs(args.input)
     output = args.output.rstrip("/")
-    patterns = result_patterns(output)
-    batch.prepare_output(output, patterns.values(), args.overwrite)
-    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
-    build_pipeline(pipeline, args.input, export_dir, labels, output, args.num_shards)
-    result = pipeline.run()
-    result.wait_until_finish()
-    files = batch.counter(result, NAMESPACE, "files")
-    counts = {"files": listed if files is None else files,
-              "predicted": batch.count_lines(patterns[PREDICTIONS]),
-              "rejected": batch.count_lines(patterns[contract.REJECTED_DIR])}
+    prefixes = result_prefixes(output)
+    with claim.Claim(output, "python -m pipelines.predict"):
+        batch.prepare_output(output, prefixes.values(), args.overwrite)
+        pipeline = beam.Pipeline(options=options)
+        build_pipeline(pipeline, args.input, export_dir, labels, output, args.num_shards)
+        result = batch.run_pipeline(pipeline, output, prefixes.values())
+        files = batch.counter(result, NAMESPACE, "files")
+        patterns = {kind: batch.shards_of(prefix) for kind, prefix in prefixes.items()}
+        counts = {"files": listed if files is None else files,
+                  "predicted": batch.count_lines(patterns[PREDICTIONS]),
+                  "rejected": batch.count_lines(patterns[contract.REJECTED_DIR])}
     print(f"files read {counts['files']} = predicted {counts['predicted']} + rejected "
           f"{counts['rejected']}: {patterns[PREDICTIONS]}, {patterns[contract.REJECTED_DIR]}")
     if counts["predicted"] + counts["rejected"] != counts["files"]:

@@ -37,8 +37,8 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
-from pipelines import (batch, contract, dataset, errors, graph, inputs, outputs, summary,
-                       transforms)
+from pipelines import (batch, claim, contract, dataset, errors, graph, inputs, outputs,
+                       summary, transforms)
 
 DEFAULT_MAX_REJECTED_FRACTION = 0.05
 
@@ -142,11 +142,20 @@ def featurize_config(args: argparse.Namespace, labels: list[str],
 def run(argv: Optional[list[str]] = None) -> contract.RunMetadata:
     """Runs preprocessing; returns the run's metadata. Raises UserError on bad input."""
     args, beam_args = build_parser().parse_known_args(argv)
+    options = batch.pipeline_options(beam_args)
     wanted = inputs.wanted_labels(args.labels)
     check_flags(args, wanted)
     labels, listing = inputs.check_inputs(args.data_dir, wanted,
                                           args.unknown_percent is not None,
                                           args.silence_percent is not None)
+    outputs.check_output_place(args.output_dir, args.data_dir)
+    with claim.Claim(args.output_dir, "python -m pipelines.preprocess"):
+        return _run(args, argv, options, labels, wanted, listing)
+
+
+def _run(args: argparse.Namespace, argv: Optional[list[str]], options: PipelineOptions,
+         labels: list[str], wanted: Optional[list[str]], listing: inputs.Listing
+         ) -> contract.RunMetadata:
     outputs.prepare_output(args.output_dir, args.data_dir, args.overwrite)
     for path, reason in listing.skipped:
         print(f"skipped {inputs.printable(path)}: {reason}")
@@ -154,7 +163,6 @@ def run(argv: Optional[list[str]] = None) -> contract.RunMetadata:
     outputs.write_text(f"{out}/{contract.LABELS_FILE}", contract.format_labels(labels))
 
     static = run_metadata(args, labels, argv)
-    options = PipelineOptions(beam_args)
     with beam.Pipeline(options=options) as pipeline:
         graph.build_pipeline(pipeline, featurize_config(args, labels, wanted), static,
                              listing, args.output_dir, args.num_shards)

@@ -4,6 +4,8 @@ import json
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -115,3 +117,22 @@ def test_a_rerun_into_the_same_output_replaces_only_the_earlier_results(
     assert (out / "notes.txt").read_text() == "the user's own file"
     paths = [row["path"] for row in read_jsonl(out, "predictions-*-of-*.jsonl")]
     assert len(paths) == len(set(paths)) == 7 and shown in paths
+
+
+def test_two_runs_started_together_into_one_output_one_lands_whole(job_dir, tmp_path):
+    """Two `python -m pipelines.predict` into the same --output at the same time: one is
+    refused in one line naming the other, which writes every clip's line."""
+    audio = wavs.copy_sample(tmp_path / "audio", ["yes", "no"], per_label=20)
+    out = tmp_path / "predictions"
+    command = [sys.executable, "-m", "pipelines.predict", "--input", f"{audio}/**/*.wav",
+               "--model-dir", str(job_dir), "--output", str(out)]
+    runs = [subprocess.Popen(command, cwd=wavs.REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(run.wait(timeout=300), *run.communicate()) for run in runs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], [err[-2000:] for _, _, err in results]
+    refused = next(err for code, _, err in results if code == 2).strip().splitlines()
+    assert "python -m pipelines.predict (process" in refused[-1]
+    assert "is writing here" in refused[-1]
+    assert len(read_jsonl(out, "predictions-*.jsonl")) == 40
+    assert not (out / ".run-claim.json").exists()

@@ -24,7 +24,7 @@ def test_classify_labels_and_skips():
     root = "/data"
     assert dataset.classify("/data/yes/a_nohash_0.wav", root).label == "yes"
     assert dataset.classify("/data/README.md", root).skip_reason == "not in a label folder"
-    assert dataset.classify("/data/yes/.DS_Store", root).skip_reason == "not a .wav file"
+    assert dataset.classify("/data/yes/.DS_Store", root).skip_reason == dataset.NOT_AUDIO_REASON
     assert dataset.classify("/data/_unknown_/a.wav", root).skip_reason.startswith("folder")
     assert dataset.classify("/data/_unknown_/a.wav", root, ["_unknown_"]).label == "_unknown_"
     assert dataset.classify("/data/no/a.wav", root, ["yes"]).skip_reason == "label not selected"

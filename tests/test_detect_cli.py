@@ -7,11 +7,13 @@ model makes the right events obvious.
 """
 
 import json
+import os
 import pathlib
 
 import keras
 import numpy as np
 import pytest
+import soundfile
 
 from pipelines import contract
 from tests import wavs
@@ -245,3 +247,87 @@ def test_training_with_unknown_chooses_the_operating_point_and_reports_detection
                 str(tmp_path / "long.csv"), "--json"])
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert summary["metrics"]["keywords"] == sum(t.label in ("yes", "no") for t in truth)
+
+
+def test_events_arrive_as_they_fire_not_when_the_file_ends(scorer):
+    """The second keyword's event reaches the caller before the last block is read."""
+    stream = recording(seconds=20.0)
+    block = scoring.BLOCK_SAMPLES
+    pieces = [stream.audio[start:start + block] for start in range(0, len(stream.audio), block)]
+    read, seen_at = [], []
+
+    def blocks():
+        for piece in pieces:
+            read.append(len(piece))
+            yield piece
+
+    found = scoring.detect_blocks(blocks(), scorer, events.default_config(LABELS),
+                                  on_event=lambda event: seen_at.append(len(read)))
+    assert len(found.events) == 3 and len(seen_at) == 3
+    assert seen_at[0] < len(pieces) and seen_at[1] < len(pieces)
+
+
+def test_a_plot_that_cannot_be_written_is_refused_before_any_scoring(job, tmp_path, capsys):
+    wav = write_wav(tmp_path / "a.wav", recording(seconds=3).audio)
+    for plot, reason in ((tmp_path / "no" / "such" / "folder" / "p.png", "does not exist"),
+                         (tmp_path / "p.txt", "must name a .png file")):
+        assert detect.main(["--model-dir", str(job), str(wav), "--plot", str(plot)]) == 2
+        captured = capsys.readouterr()
+        assert reason in captured.err and captured.out == ""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # root may write anywhere
+            assert detect.main(["--model-dir", str(job), str(wav), "--plot",
+                                str(locked / "p.png")]) == 2
+            assert "permission denied" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)
+
+
+def test_a_file_cut_short_and_truth_it_cannot_match_are_warned_about(job, tmp_path, capsys):
+    stream = recording(seconds=8.0)
+    data = wavs.wav_bytes(stream.audio)
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[:len(data) // 2])  # the header still says 8 s
+    truth = tmp_path / "truth.csv"
+    truth.write_text("label,start_ms,end_ms\nyes,0,1000\nmaybe,2000,3000\nyes,7000,8000\n")
+    detect.run(["--model-dir", str(job), str(cut), "--truth", str(truth)])
+    err = capsys.readouterr().err
+    assert f"warning: {cut}: the header says 8.0 s but the file holds 4.0 s" in err
+    assert f"warning: {truth}: 1 of its rows name labels the model does not have (maybe)" in err
+    assert f"warning: {truth}: rows reach 8.0 s, past the end of {cut} (4.0 s)" in err
+    assert f"{cut}: 8.0 s of audio ..." not in err and f"{cut}: 4.0 s of audio ..." in err
+
+
+def test_a_savedmodel_whose_labels_file_does_not_match_is_refused(tmp_path, capsys):
+    job = export_energy_model(tmp_path / "job")
+    (job / "export" / "labels.txt").write_text("".join(f"{l}\n" for l in LABELS + ["extra"]))
+    wav = write_wav(tmp_path / "a.wav", recording(seconds=3).audio)
+    assert detect.main(["--model-dir", str(job), str(wav)]) == 2
+    assert "labels.txt has 5 labels but the model has 4 outputs" in capsys.readouterr().err
+
+
+def test_flac_ogg_and_mp3_recordings_are_read(job, scorer, tmp_path, capsys):
+    stream = recording(seconds=12.0)
+    paths = []
+    for name, options in (("a.flac", {}), ("a.ogg", {"subtype": "VORBIS"}),
+                          ("a.mp3", {"format": "MP3"})):
+        soundfile.write(str(tmp_path / name), stream.audio, RATE, **options)
+        paths.append(str(tmp_path / name))
+    results = detect.run(["--model-dir", str(job), *paths])
+    for path in paths:
+        assert [r["label"] for r in results if r["path"] == path] == ["yes"] * 3, path
+
+
+def test_a_recording_of_a_run_without_waveforms_is_refused_naming_why(tmp_path, capsys):
+    from pipelines import preprocess  # pylint: disable=import-outside-toplevel
+    root = wavs.copy_sample(tmp_path / "data", ["yes", "no"], per_label=3)
+    out = tmp_path / "out"
+    preprocess.run(["--data-dir", str(root), "--output-dir", str(out), "--no-waveforms",
+                    "--split", "random", "--val-percent", "0", "--test-percent", "40"])
+    assert calibrate.main(["recording", "--data-dir", str(out), "--output",
+                           str(tmp_path / "long.wav")]) == 2
+    assert "no stored waveforms (preprocess without --no-waveforms" in capsys.readouterr().err
+    assert not (tmp_path / "long.wav").exists()

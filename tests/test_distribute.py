@@ -154,10 +154,22 @@ def test_two_workers_resume_a_preempted_job_and_only_the_chief_writes(data_dir, 
         assert all(process.poll() is None for process in first), (
             (tmp_path / "first" / "chief.log").read_text()[-3000:])
         time.sleep(0.2)
+    # Preempted the way Vertex AI does it: SIGTERM to every replica, which each honours
+    # (TensorFlow's strategy would catch it and train on) with one line and exit 143.
     for process in first:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        process.send_signal(signal.SIGTERM)
+    for process, name in zip(first, ("chief", "worker")):
+        try:
+            code = process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            for other in first:
+                other.kill()
+            raise AssertionError(f"the {name} ignored SIGTERM")
+        log = (tmp_path / "first" / f"{name}.log").read_text()
+        assert code == 143, log[-3000:]
+        assert log.strip().splitlines()[-1] == "terminated (SIGTERM)", log[-3000:]
     assert backup_file.exists()
+    assert not (job / ".run-claim.json").exists()  # the chief released its job folder
 
     # Started again with the same command, both resume from the chief's backup.
     second = start_workers(data_dir, job, tmp_path / "second", epochs=3)
@@ -184,6 +196,51 @@ def test_two_workers_resume_a_preempted_job_and_only_the_chief_writes(data_dir, 
                (tmp_path / "second" / "chief.metrics").read_text().splitlines()]
     assert reports and all(0 <= float(r["val_accuracy"]) <= 1 for r in reports)
     assert not (tmp_path / "second" / "worker.metrics").exists()
+
+
+def test_a_chief_whose_worker_never_comes_gives_up_in_one_line(data_dir, tmp_path):
+    chief_port, worker_port = free_ports(2)
+    env = environment(tmp_path / "tmp", **tf_config(
+        "chief", 0, f"localhost:{chief_port}", (f"localhost:{worker_port}",)))
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer.task", "--data-dir", str(data_dir), "--job-dir",
+         str(tmp_path / "job"), "--model", "tutorial", "--peer-timeout", "4"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert f"chief 0: waiting for worker 0 at localhost:{worker_port} (0 of 4 s)" in lines
+    assert lines[-1] == (f"error: chief 0: gave up after 4 s waiting for worker 0 at "
+                         f"localhost:{worker_port} (is it running, and its port reachable? "
+                         "--peer-timeout sets the wait)")
+    assert time.monotonic() - started < 60
+
+
+def test_a_chief_waiting_for_its_worker_stops_on_sigterm(data_dir, tmp_path):
+    chief_port, worker_port = free_ports(2)
+    env = environment(tmp_path / "tmp", **tf_config(
+        "chief", 0, f"localhost:{chief_port}", (f"localhost:{worker_port}",)))
+    chief = subprocess.Popen(
+        [sys.executable, "-m", "trainer.task", "--data-dir", str(data_dir), "--job-dir",
+         str(tmp_path / "job"), "--model", "tutorial"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in chief.stderr:
+        if "waiting for worker 0" in line:
+            break
+    chief.send_signal(signal.SIGTERM)
+    _, err = chief.communicate(timeout=60)
+    assert chief.returncode == 143 and err.strip().splitlines()[-1] == "terminated (SIGTERM)"
+
+
+@pytest.mark.parametrize("cluster", [
+    {"chief": ["localhost:23456"], "worker": "localhost:23457"},
+    {"chief": "localhost:23456"},
+    {"worker": ["localhost:23457", 7]},
+])
+def test_a_cluster_that_is_not_lists_of_addresses_is_refused(cluster):
+    config = {"cluster": cluster, "task": {"type": "chief", "index": 0}}
+    with pytest.raises(UserError, match="must be a list of \"host:port\" strings"):
+        distribute.read_cluster({"TF_CONFIG": json.dumps(config)})
 
 
 def test_two_workers_need_a_shard_each(data_dir, tmp_path):

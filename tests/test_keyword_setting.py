@@ -212,7 +212,7 @@ def test_silence_without_a_noise_folder_is_one_line_and_exit_2(keyword_dir, tmp_
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--labels", "yes,no,up,down", "--unknown-percent", "10"], "needs .wav files of other"),
+    (["--labels", "yes,no,up,down", "--unknown-percent", "10"], "needs audio files of other"),
     (["--labels", "yes,_unknown_", "--unknown-percent", "10"], "leave it out of --labels"),
     (["--labels", "yes,_silence_", "--silence-percent", "10"], "leave it out of --labels"),
     (["--labels", "yes,no", "--unknown-percent", "-1"], "must be >= 0"),

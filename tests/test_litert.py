@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import contract, preprocess
 from benchmarks import litert as benchmark
+from pipelines import audio, contract, events, preprocess
+from pipelines.errors import UserError
 from tests import wavs
-from pipelines import audio, events
 from trainer import data, detect, export, features, models, predict, scoring, task
 from trainer.litert import convert, flatbuffer, runtime
 from trainer.litert import export as litert_export
@@ -255,6 +255,21 @@ def test_detect_engines_score_a_recording_alike(kws_export, tmp_path, capsys):
               for engine in ("savedmodel", "tflite")}
     assert [(e["label"], e["time"]) for e in fired["tflite"]] == \
         [(e["label"], e["time"]) for e in fired["savedmodel"]]
+
+
+def test_a_litert_engine_needs_only_its_file_and_labels(kws_export, tmp_path):
+    """A device-style folder: the .tflite files and labels.txt, no SavedModel."""
+    lite = tmp_path / "lite"
+    lite.mkdir()
+    for name in (runtime.INT8_FILE, runtime.FLOAT_FILE, contract.LABELS_FILE):
+        shutil.copy(kws_export / name, lite / name)
+    clip = wavs.sample_clips("yes", 1)[0]
+    for engine in runtime.ENGINE_FILES:
+        assert len(detect.run(["--model-dir", str(lite), "--engine", engine,
+                               "--threshold", "0.99", str(clip)])) <= 1
+        assert predict.run(["--model-dir", str(lite), "--engine", engine, str(clip)])
+    with pytest.raises(UserError, match="no exported model here"):
+        detect.run(["--model-dir", str(lite), str(clip)])  # the SavedModel engine needs it
 
 
 def test_streaming_models_give_the_clip_models_scores_on_every_call(kws_export):

@@ -147,7 +147,7 @@ def test_predict_reports_good_files_and_names_bad_ones(job_dir, tmp_path, capsys
     assert [line["path"] for line in lines] == good
     assert all(len(line["top_k"]) == 2 and line["label"] in LABELS for line in lines)
     assert abs(sum(lines[0]["probabilities"].values()) - 1) < 1e-5
-    assert f"{bad}: unreadable WAV" in captured.err
+    assert f"{bad}: unreadable audio" in captured.err
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 

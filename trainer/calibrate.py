@@ -136,6 +136,12 @@ def evaluate_after_training(job_dir: str, data_dir: str) -> dict:
         **config.chosen_on, "split": contract.VAL, "streams": len(generated),
         "stream_seconds": generated[0].duration_s})
     write_config(scorer.export_dir, config)
+    if not config.chosen_on["recall"]:
+        budget = config.chosen_on["max_false_accepts_per_hour"]
+        print(f"warning: {scorer.export_dir}/{events.CONFIG_FILE}: no threshold finds any "
+              f"keyword of the val recordings within {budget:g} false accepts per hour "
+              "(recall 0.0); the detector will miss keywords: train longer or on more data",
+              file=sys.stderr)
     test = split_metrics(scorer, config, data_dir, contract.TEST)
     return {"operating_point": events.config_to_dict(config),
             "val_det_curve": curves[config.smoothing], "test": test}

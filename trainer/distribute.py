@@ -40,8 +40,8 @@ import keras
 import tensorflow as tf
 
 from pipelines import contract
-from pipelines.errors import UserError
-from trainer import backup
+from pipelines.errors import UserError, honour_sigterm
+from trainer import backup, peers
 from trainer.settings import (AUTO, LINEAR, MIRRORED, MULTIWORKER, NONE, SQRT,
                               TUNING_METRIC, RunSettings)
 
@@ -55,6 +55,8 @@ class Cluster:
     """This process's place among the workers of TF_CONFIG (one worker without it)."""
     workers: int = 1
     rank: int = 0  # the chief is 0, worker i is i + 1 (i without a chief)
+    addresses: tuple[str, ...] = ()  # "host:port" of each, in rank order
+    names: tuple[str, ...] = ()  # "chief 0", "worker 0", ... in rank order
 
     @property
     def is_chief(self) -> bool:
@@ -69,11 +71,16 @@ def read_cluster(environ: Mapping[str, str] = os.environ) -> Cluster:
     try:
         config = json.loads(text)
         spec = config.get("cluster") or {}
-        chiefs, workers = list(spec.get(CHIEF, [])), list(spec.get(WORKER, []))
+        chiefs, workers = spec.get(CHIEF, []), spec.get(WORKER, [])
         task = config.get("task") or {}
         kind, index = task.get("type"), int(task.get("index", 0))
     except (ValueError, TypeError, AttributeError) as error:
         raise UserError(f"TF_CONFIG: not a cluster description ({error})") from None
+    for name, members in ((CHIEF, chiefs), (WORKER, workers)):
+        if not isinstance(members, list) or not all(
+                isinstance(member, str) and member for member in members):
+            raise UserError(f"TF_CONFIG: cluster.{name} must be a list of \"host:port\" "
+                            f"strings, got {json.dumps(members)}")
     if not chiefs and not workers:
         return Cluster()
     if len(chiefs) > 1:
@@ -85,7 +92,11 @@ def read_cluster(environ: Mapping[str, str] = os.environ) -> Cluster:
     if not 0 <= index < len(members):
         raise UserError(f"TF_CONFIG: {kind} {index} is not in the cluster's "
                         f"{len(members)} {kind}(s)")
-    return Cluster(len(chiefs) + len(workers), index if kind == CHIEF else len(chiefs) + index)
+    return Cluster(len(chiefs) + len(workers),
+                   index if kind == CHIEF else len(chiefs) + index,
+                   tuple(chiefs) + tuple(workers),
+                   tuple(f"{CHIEF} {i}" for i in range(len(chiefs)))
+                   + tuple(f"{WORKER} {i}" for i in range(len(workers))))
 
 
 def resolve(name: str, cluster: Cluster, gpus: int) -> str:
@@ -267,8 +278,13 @@ def setup(settings: RunSettings, environ: Mapping[str, str] = os.environ) -> Dis
     if cluster.workers > 1:
         worker_files(tf.io.gfile.glob(contract.shard_pattern(data_dir, contract.TRAIN)),
                      cluster, f"{data_dir}/{contract.TRAIN}")
+    if kind == MULTIWORKER:
+        peers.wait_for_peers(cluster.addresses, cluster.names, cluster.rank,
+                             settings.peer_timeout)
     distribution = Distribution(kind, make_strategy(kind), cluster, None, settings.lr_scaling,
                                 data_dir=data_dir)
+    if kind == MULTIWORKER:
+        honour_sigterm()  # the strategy's preemption notifier has taken SIGTERM over
     if not cluster.is_chief:
         distribution.scratch = tempfile.mkdtemp(prefix=f"kws-worker-{cluster.rank}-")
         atexit.register(distribution.finish)  # also when the run ends in an error

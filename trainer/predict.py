@@ -27,6 +27,7 @@ import tensorflow as tf  # noqa: E402
 
 from pipelines import audio, contract, inputs, scoring  # noqa: E402
 from pipelines.errors import PartialFailure, UserError, run_cli  # noqa: E402
+from trainer.scoring import open_recording  # noqa: E402
 from trainer.litert import runtime  # noqa: E402
 
 
@@ -68,12 +69,6 @@ def top_k(probabilities: np.ndarray, labels: list[str], k: int) -> list[tuple[st
     return [(labels[i], float(probabilities[i])) for i in order]
 
 
-def open_file(path: str):
-    """The file opened for reading (local or gs://; a local name that is not UTF-8 by its
-    raw bytes). The audio functions read only the header and the first second from it."""
-    return tf.io.gfile.GFile(inputs.path_bytes(path), "rb")
-
-
 LONG_RECORDING_SECONDS = 1.5
 
 
@@ -85,6 +80,17 @@ def note_if_long(name: str, seconds: float) -> None:
               file=sys.stderr)
 
 
+def top_k_arg(text: str) -> int:
+    """A --top-k value: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.predict",
                                      description=__doc__.split("\n\n")[0])
@@ -94,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", default=runtime.SAVEDMODEL, choices=runtime.ENGINES,
                         help="which exported file runs: the SavedModel, export/model.tflite "
                              "or export/model_int8.tflite (LiteRT; default savedmodel)")
-    parser.add_argument("--top-k", type=int, default=1, help="labels shown per file")
+    parser.add_argument("--top-k", type=top_k_arg, default=1,
+                        help="labels shown per file (1 to the model's labels; default 1)")
     parser.add_argument("--json", action="store_true", help="JSON Lines instead of text")
     parser.add_argument("--plot", default=None,
                         help="PNG bar chart of the first file's probabilities")
@@ -108,7 +115,7 @@ def run(argv: Optional[list[str]] = None) -> list[dict]:
     for path in args.files:
         name = inputs.printable(path)
         try:
-            with open_file(path) as handle:
+            with open_recording(path) as handle:  # only its header and first second are read
                 probabilities, seconds = predictor.classify(handle)
         except audio.AudioError as error:
             failed.append(path)
@@ -120,7 +127,7 @@ def run(argv: Optional[list[str]] = None) -> list[dict]:
                   file=sys.stderr)
             continue
         note_if_long(name, seconds)
-        best = top_k(probabilities, predictor.labels, max(args.top_k, 1))
+        best = top_k(probabilities, predictor.labels, args.top_k)
         result = {"path": name, "label": best[0][0], "probability": best[0][1],
                   "top_k": [{"label": label, "probability": p} for label, p in best],
                   "probabilities": dict(zip(predictor.labels, map(float, probabilities)))}

@@ -17,7 +17,7 @@ from typing import Iterable, NamedTuple, Optional
 
 import numpy as np
 
-from pipelines import audio, contract, events, scoring
+from pipelines import audio, contract, events, inputs, scoring
 from trainer.litert import runtime
 
 BATCH_WINDOWS = scoring.BATCH_WINDOWS
@@ -201,11 +201,21 @@ def detect_blocks(blocks: Iterable[np.ndarray], scorer: Scorer, config: events.C
     return Detection(found, windows.num_samples, recorded)
 
 
+def open_recording(path: str):
+    """A recording opened for reading, local or gs:// (a local name that is not UTF-8 by its
+    raw bytes), through TensorFlow's file system: a gs:// path that cannot be reached
+    fails in seconds, with TensorFlow's reason."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return tf.io.gfile.GFile(inputs.path_bytes(path), "rb")
+
+
 def detect_file(path: str, scorer: Scorer, config: events.Config, trace: bool = False,
                 on_event=None) -> Detection:
-    """Events of an audio file (raises audio.AudioError, or OSError when unreadable)."""
-    return detect_blocks(audio.read_blocks(path, BLOCK_SAMPLES), scorer, config, trace,
-                         on_event)
+    """Events of an audio file (raises audio.AudioError, OSError or a TensorFlow OpError
+    when it cannot be read)."""
+    with open_recording(path) as handle:
+        return detect_blocks(audio.read_blocks(handle, BLOCK_SAMPLES), scorer, config, trace,
+                             on_event)
 
 
 def score_audio(samples: np.ndarray, scorer: Scorer, config: events.Config) -> np.ndarray:

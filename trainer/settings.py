@@ -43,6 +43,7 @@ class RunSettings:
     verbose: int = 1
     strategy: str = AUTO
     lr_scaling: str = LINEAR
+    peer_timeout: float = 300.0
     hypertune: bool = False
 
 
@@ -85,6 +86,9 @@ def add_flags(parser: argparse.ArgumentParser, model_names: list[str], default_m
     parser.add_argument("--lr-scaling", default=LINEAR, choices=LR_SCALING,
                         help="how the learning rate follows the global batch "
                              "(batch per replica x replicas): linear (default), sqrt or none")
+    parser.add_argument("--peer-timeout", type=float, default=300.0, metavar="SECONDS",
+                        help="how long a worker of a multi-worker run waits for the others "
+                             "of TF_CONFIG before giving up (default 300)")
     parser.add_argument("--hypertune", action="store_true",
                         help=f"report {TUNING_METRIC} after each epoch to Vertex AI "
                              "hyperparameter tuning (deploy/vertex/tune.py sets it)")

@@ -30,7 +30,7 @@ import_tensorflow_quietly()
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipelines import contract  # noqa: E402
+from pipelines import claim, contract  # noqa: E402
 from pipelines.errors import PartialFailure, UserError, run_cli  # noqa: E402
 from trainer import (backup, calibrate, data, detection, distribute, evaluate, export,  # noqa: E402
                      models, settings, training)
@@ -102,6 +102,17 @@ def train_and_evaluate(options: RunSettings) -> dict:
                         "stored waveforms; preprocess without --no-waveforms")
     shared_dir, job_dir = job_dir, dist.writable(job_dir, "job")  # others: their scratch
 
+    if not dist.is_chief:
+        return _train(options, dist, recipe, labels, metadata, files, sizes, shared_dir,
+                      job_dir)
+    with claim.Claim(shared_dir, "python -m trainer.task"):
+        return _train(options, dist, recipe, labels, metadata, files, sizes, shared_dir,
+                      job_dir)
+
+
+def _train(options: RunSettings, dist: distribute.Distribution, recipe, labels: list[str],
+           metadata, files: dict, sizes: dict, shared_dir: str, job_dir: str) -> dict:
+    """Fits, then (on the chief) exports, evaluates and reports; see `train_and_evaluate`."""
     keras.utils.set_random_seed(options.seed)
     tf.io.gfile.makedirs(job_dir)
     checkpoint_dir = (options.checkpoint_dir or f"{shared_dir}/checkpoints").rstrip("/")

@@ -68,9 +68,12 @@ def load_interpreter(path: Optional[str] = None, content: Optional[bytes] = None
     """
     if content is None:
         content = read_file(path)
-    interpreter = litert_interpreter.Interpreter(model_content=content,
-                                                 num_threads=num_threads)
-    return content, interpreter, interpreter.get_signature_runner(SIGNATURE)
+    with errors.quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+        interpreter = litert_interpreter.Interpreter(model_content=content,
+                                                     num_threads=num_threads)
+        interpreter.allocate_tensors()
+        runner = interpreter.get_signature_runner(SIGNATURE)
+    return content, interpreter, runner
 
 
 class LiteRTModel:
