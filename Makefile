@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUN ?= runs/sample
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean detector live browser
 
 $(BIN)/activate: setup.py requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,29 @@ demo: setup
 	@echo
 	@echo "Report: $(RUN)/job/report.html"
 
-test: setup
+test: setup live/node_modules browser
 	$(BIN)/python -m pytest -q tests
+
+# The live page's JavaScript (LiteRT.js), from the npm registry, as live/package-lock.json pins it.
+live/node_modules: live/package.json live/package-lock.json
+	npm ci --prefix live --no-audit --no-fund --loglevel=error
+	touch live/node_modules
+
+# Debian's Chromium, which the page's tests drive (Playwright's own browser download is
+# not used). Installed with apt-get where this runs as root; else a line says what to do.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the page's tests"; \
+	    (apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)); \
+	  else echo "note: no chromium: install Debian's chromium package (sudo apt-get install" \
+	    "chromium); the page's tests fail without it" >&2; fi
+
+# The live page and streaming server on a job (default: the detector in models/).
+JOB ?= models/speech-commands
+live: setup live/node_modules
+	$(BIN)/python -m trainer.live --model-dir $(JOB)
 
 # Benchmarks on the 2,699-clip subset (unzipped from SUBSET_ZIP); figures go in the README.
 # About an hour on 2 cores (six training runs of the comparison).
@@ -43,6 +64,43 @@ bench: setup
 	$(BIN)/python -m pipelines.preprocess --data-dir $(BENCH)/speech_commands_subset --output-dir $(BENCH)/data
 	$(BIN)/python -m benchmarks.compare --data-dir $(BENCH)/data --work-dir $(BENCH)/compare --models kws tutorial --seeds 42 1 2 --reference
 	$(BIN)/python -m benchmarks.training --data-dir $(BENCH)/data --job-dir $(BENCH)/compare/tutorial-seed42 --job-dir $(BENCH)/compare/kws-seed42
+
+# The recommended keyword detector, from DATA: a folder of label folders with _unknown_
+# (other words) and _background_noise_. Synthetic confusable words, preprocessing,
+# training, hard-negative mining, the operating point on an hour of val recordings; the
+# job ends in WORK/job, the preprocessing run in WORK/data. Each step's output is kept, so
+# a stopped run started again goes on from the last finished step.
+KEYWORDS ?= down,go,left,no,right,stop,up,yes
+WORK ?= runs/detector
+SEED ?= 42
+SYNTH_FLAGS ?= --per-keyword 20 --ordinary 200 --voices-per-word 8
+PREPROCESS_FLAGS ?= --unknown-percent 150 --silence-percent 10
+TRAIN_FLAGS ?= --epochs 80 --negative-weight 1 --calibration-minutes 60
+MINE_FLAGS ?= --rounds 2 --minutes 60 --epochs 15 --calibration-minutes 60
+detector: setup
+	@if [ -z "$(DATA)" ]; then echo "error: give DATA=DIR, a folder of label folders with" \
+	    "_unknown_ and _background_noise_ (e.g. make detector DATA=data/speech WORK=runs/det)" >&2; \
+	    exit 2; fi
+	@$(MAKE) --no-print-directory $(WORK)/job/metrics.json
+	@echo
+	@echo "Detector: $(WORK)/job (report: $(WORK)/job/report.html)"
+
+$(WORK)/synthetic.done:
+	$(BIN)/python -m pipelines.synthesize --confusable-with $(KEYWORDS) $(SYNTH_FLAGS) \
+	    --output $(WORK)/synthetic/_unknown_ --overwrite
+	touch $@
+
+$(WORK)/data/metadata.json: $(WORK)/synthetic.done
+	$(BIN)/python -m pipelines.preprocess --data-dir $(DATA) --data-dir $(WORK)/synthetic \
+	    --output-dir $(WORK)/data --labels $(KEYWORDS) $(PREPROCESS_FLAGS) --overwrite
+
+$(WORK)/base/metrics.json: $(WORK)/data/metadata.json
+	$(BIN)/python -m trainer.task --data-dir $(WORK)/data --job-dir $(WORK)/base \
+	    --seed $(SEED) --verbose 2 $(TRAIN_FLAGS)
+
+$(WORK)/job/metrics.json: $(WORK)/base/metrics.json
+	$(BIN)/python -m trainer.mine --base-job $(WORK)/base --data-dir $(WORK)/data \
+	    --job-dir $(WORK)/job --seed $(SEED) $(MINE_FLAGS)
 
 # Removes the folders that demo and bench write, nothing else.
 clean:

@@ -160,7 +160,7 @@ def run(argv: Optional[list[str]] = None) -> dict:
         contents[engine] = model.content
         sizes[engine] = len(model.content)
     if args.front_end_study:
-        recipe = models.get_recipe(litert_export.job_model_name(job_dir))
+        recipe = models.get_recipe(artifacts.job_model_name(job_dir))
         serving = recipe.serving_model(artifacts.load_keras_model(job_dir))
         content = convert.convert_int8(serving, litert_export.representative_clips(args.data_dir),
                                       front_end="int8")

@@ -224,15 +224,15 @@ def tfrecord_bytes(run_dir: Path) -> int:
 
 def read_input(run_dir: str, model: Optional[str]) -> dict:
     """One epoch of the training input of trainer.task for `model`, timed in-process."""
-    from trainer import data, models
+    from trainer import data, models, settings
     name = model or models.DEFAULT_MODEL
     recipe = models.get_recipe(name)
     metadata = data.read_metadata(run_dir)
     size = data.split_size(metadata, contract.TRAIN)
-    args = argparse.Namespace(seed=42, shuffle_buffer=4096, data_dir=run_dir)
+    run = settings.RunSettings(data_dir=run_dir, job_dir=None, model=name)
     files = data.shard_files(run_dir, contract.TRAIN)
     steps = recipe.steps_per_epoch(size)
-    dataset = recipe.train_dataset(files, args).take(steps)  # its functions traced here
+    dataset = recipe.train_dataset(files, run, data.read_labels(run_dir)).take(steps)
     start = time.perf_counter()  # the shuffle buffer's fill is part of the epoch
     examples = sum(int(labels.shape[0]) for _, labels in dataset)
     return {"model": name, "examples": examples, "steps": steps,

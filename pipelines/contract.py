@@ -360,6 +360,7 @@ class RunMetadata(Mapping):
     silence_percent: Optional[float] = None
     keyword_seed: Optional[int] = None
     command_line: str = ""
+    extra_data_dirs: tuple[str, ...] = ()  # further --data-dir folders read with data_dir
     format_version: int = FORMAT_VERSION
     stft: Stft = STFT
     # What the run wrote, known once its pipeline has finished.
@@ -420,6 +421,7 @@ class RunMetadata(Mapping):
             "spectrogram_shape": list(self.stft.spectrogram_shape),
             "labels": list(self.labels),
             "data_dir": self.data_dir,
+            "extra_data_dirs": list(self.extra_data_dirs),
             "split": self.split.to_dict(),
             "unknown_percent": self.unknown_percent,
             "silence_percent": self.silence_percent,
@@ -465,6 +467,7 @@ class RunMetadata(Mapping):
                       for split in data.get("counts", {})}
             metadata = cls(
                 labels=tuple(data["labels"]), data_dir=data["data_dir"],
+                extra_data_dirs=tuple(data.get("extra_data_dirs", ())),
                 split=SplitSettings(**data["split"]), compression=data["compression"],
                 waveforms=bool(data["waveforms"]), unknown_percent=data.get("unknown_percent"),
                 silence_percent=data.get("silence_percent"),

@@ -9,7 +9,7 @@ import hashlib
 import math
 import posixpath
 import re
-from typing import Iterable, NamedTuple, Optional
+from typing import Iterable, NamedTuple, Optional, Sequence, Union
 
 from pipelines import contract
 from pipelines.audio import EXTENSIONS as AUDIO_EXTENSIONS
@@ -43,19 +43,28 @@ class Entry(NamedTuple):
     skip_reason: Optional[str]
 
 
-def _parts(path: str, data_dir: str) -> list[str]:
-    root = data_dir.rstrip("/") + "/"
-    relative = path[len(root):] if path.startswith(root) else posixpath.basename(path)
+DataDirs = Union[str, Sequence[str]]
+
+
+def _parts(path: str, data_dir: DataDirs) -> list[str]:
+    roots = (data_dir,) if isinstance(data_dir, str) else tuple(data_dir)
+    relative = posixpath.basename(path)
+    for root in roots:
+        root = root.rstrip("/") + "/"
+        if path.startswith(root):
+            relative = path[len(root):]
+            break
     return [part for part in relative.replace("\\", "/").split("/") if part]
 
 
-def classify(path: str, data_dir: str, wanted: Optional[Iterable[str]] = None,
+def classify(path: str, data_dir: DataDirs, wanted: Optional[Iterable[str]] = None,
              unknown: bool = False) -> Entry:
     """Decides whether a file under `data_dir` is a labelled clip.
 
     Args:
       path: the file's path (local or gs://), under `data_dir`.
-      data_dir: the data folder; labels are its immediate sub-folders.
+      data_dir: the data folder, or several; labels are their immediate sub-folders (a
+        label may have a folder in more than one).
       wanted: if given, the only labels to keep (folders starting with `_` included).
       unknown: label the clips of every other word folder (not starting with `_`) and
         of a `_unknown_` folder as UNKNOWN_LABEL instead of skipping them.
@@ -83,7 +92,7 @@ def classify(path: str, data_dir: str, wanted: Optional[Iterable[str]] = None,
     return Entry(folder, None)
 
 
-def label_folders(paths: Iterable[str], data_dir: str,
+def label_folders(paths: Iterable[str], data_dir: DataDirs,
                   wanted: Optional[Iterable[str]] = None, unknown: bool = False) -> list[str]:
     """The sorted labels that have at least one clip among `paths`."""
     labels = {classify(path, data_dir, wanted, unknown).label for path in paths}

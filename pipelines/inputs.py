@@ -13,7 +13,7 @@ one line (`errors.UserError`) instead of a failed job. Every entry gets an outco
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -160,43 +160,68 @@ def check_labels(data_dir: str, labels: list[str]) -> None:
                                    "in case; rename or merge one")
 
 
-def check_inputs(data_dir: str, wanted: Optional[list[str]], unknown: bool = False,
+def check_inputs(data_dirs: Sequence[str], wanted: Optional[list[str]], unknown: bool = False,
                  silence: bool = False) -> tuple[list[str], Listing]:
-    """Validates DIR; returns the sorted labels and the listing, or raises UserError.
+    """Validates the data folders; returns the sorted labels and the listing of them all, or
+    raises UserError.
 
-    With `unknown` the labels include `_unknown_`, with `silence` `_silence_`.
+    With `unknown` the labels include `_unknown_`, with `silence` `_silence_`. A label
+    may have a folder in more than one data folder; their clips are one label.
     """
-    if not is_utf8(data_dir):
-        raise errors.UserError(f"{printable(data_dir)}: data folder name is not valid UTF-8")
-    if "://" not in data_dir and not FileSystems.exists(data_dir):
-        raise errors.UserError(f"{data_dir}: data folder not found")
-    listing = list_inputs(data_dir)
-    if not listing.paths:
-        raise errors.UserError(f"{data_dir}: no files found")
+    if isinstance(data_dirs, str):
+        data_dirs = [data_dirs]
+    where = ", ".join(data_dirs)
+    listings = []
+    for data_dir in data_dirs:
+        if not is_utf8(data_dir):
+            raise errors.UserError(f"{printable(data_dir)}: data folder name is not valid UTF-8")
+        if "://" not in data_dir and not FileSystems.exists(data_dir):
+            raise errors.UserError(f"{data_dir}: data folder not found")
+        for other in data_dirs:
+            if other != data_dir and _inside(data_dir, other):
+                raise errors.UserError(f"{data_dir}: inside the other data folder {other}; "
+                                       "give folders apart")
+        listing = list_inputs(data_dir)
+        if not listing.paths:
+            raise errors.UserError(f"{data_dir}: no files found")
+        listings.append(listing)
+    listing = Listing(sorted(path for one in listings for path in one.paths),
+                      [pattern for one in listings for pattern in one.patterns],
+                      sorted(item for one in listings for item in one.skipped))
     # Files with undecodable names are rejected one by one by the pipeline.
     paths = [path for path in listing.paths if is_utf8(path)]
-    labels = dataset.label_folders(paths, data_dir, wanted, unknown)
+    labels = dataset.label_folders(paths, data_dirs, wanted, unknown)
     if unknown and dataset.UNKNOWN_LABEL not in labels:
         raise errors.UserError(
-            f"{data_dir}: --unknown-percent needs audio files of other words (folders not "
+            f"{where}: --unknown-percent needs audio files of other words (folders not "
             f"in --labels, or {dataset.UNKNOWN_LABEL}/)")
     if silence:
-        if not any(dataset.classify(path, data_dir).skip_reason == dataset.BACKGROUND_REASON
+        if not any(dataset.classify(path, data_dirs).skip_reason == dataset.BACKGROUND_REASON
                    for path in paths):
             raise errors.UserError(
-                f"{data_dir}: --silence-percent needs a {contract.BACKGROUND_NOISE_DIR}/ "
+                f"{where}: --silence-percent needs a {contract.BACKGROUND_NOISE_DIR}/ "
                 "folder of noise recordings")
         labels = sorted(labels + [dataset.SILENCE_LABEL])
     if wanted:
         missing = sorted(set(wanted) - set(labels))
         if missing:
             raise errors.UserError(
-                f"{data_dir}: no audio files for label(s) {', '.join(missing)}")
+                f"{where}: no audio files for label(s) {', '.join(missing)}")
     if not labels:
-        raise errors.UserError(f"{data_dir}: no label folders with audio files "
+        raise errors.UserError(f"{where}: no label folders with audio files "
                                "(expected DIR/<label>/*.wav)")
     if len(labels) < 2:
-        raise errors.UserError(f"{data_dir}: only one label ({labels[0]}); a classifier "
+        raise errors.UserError(f"{where}: only one label ({labels[0]}); a classifier "
                                "needs at least two label folders")
-    check_labels(data_dir, labels)
+    check_labels(where, labels)
     return labels, listing
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or below it (local paths with symlinks resolved)."""
+    if ("://" in path) != ("://" in folder):
+        return False
+    if "://" not in path:
+        path, folder = os.path.realpath(path), os.path.realpath(folder)
+    path, folder = path.rstrip("/"), folder.rstrip("/")
+    return path == folder or path.startswith(folder + "/")

@@ -108,14 +108,15 @@ def check_output_place(output_dir: str, data_dir: str) -> None:
     check_writable_folder(output_dir)
 
 
-def prepare_output(output_dir: str, data_dir: str, overwrite: bool) -> None:
+def prepare_output(output_dir: str, data_dirs, overwrite: bool) -> None:
     """Makes OUT ready for a run, or raises UserError without touching anything.
 
     Refused: OUT that is or is inside the data folder; OUT whose run places hold files
     this command does not write; a run already there, unless `overwrite`, which then
     removes exactly that run's files. Leaves the marker in place for the new run.
     """
-    check_output_place(output_dir, data_dir)
+    for data_dir in ([data_dirs] if isinstance(data_dirs, str) else data_dirs):
+        check_output_place(output_dir, data_dir)
     base = output_dir.rstrip("/")
     found = contents(output_dir)
     if found.foreign:

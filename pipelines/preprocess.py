@@ -45,8 +45,11 @@ DEFAULT_MAX_REJECTED_FRACTION = 0.05
 
 def build_parser() -> argparse.ArgumentParser:
     parser = batch.beam_parser("python -m pipelines.preprocess", __doc__)
-    parser.add_argument("--data-dir", required=True,
-                        help="folder of <label>/*.wav, local or gs://")
+    parser.add_argument("--data-dir", required=True, action="append", dest="data_dirs",
+                        metavar="DIR",
+                        help="folder of <label>/*.wav (or .flac, .ogg, .opus, .mp3), local "
+                             "or gs://; give it again to read several folders as one (a "
+                             "label's clips may be in more than one)")
     parser.add_argument("--output-dir", required=True, help="where the run is written")
     parser.add_argument("--labels", default=None,
                         help="comma-separated labels to keep (default: every folder not "
@@ -117,7 +120,8 @@ def run_metadata(args: argparse.Namespace, labels: list[str],
     """The run's settings, before anything is written (its counts come from the graph)."""
     keyword = args.unknown_percent is not None or args.silence_percent is not None
     return contract.RunMetadata(
-        labels=tuple(labels), data_dir=args.data_dir,
+        labels=tuple(labels), data_dir=args.data_dirs[0],
+        extra_data_dirs=tuple(args.data_dirs[1:]),
         split=contract.SplitSettings(
             method=args.split, val_percent=args.val_percent, test_percent=args.test_percent,
             salt=args.split_salt if args.split == dataset.SPLIT_SPEAKER else None,
@@ -132,7 +136,8 @@ def run_metadata(args: argparse.Namespace, labels: list[str],
 def featurize_config(args: argparse.Namespace, labels: list[str],
                      wanted: Optional[list[str]]) -> transforms.FeaturizeConfig:
     return transforms.FeaturizeConfig(
-        data_dir=args.data_dir, labels=tuple(labels), split=args.split, seed=args.seed,
+        data_dir=tuple(args.data_dirs), labels=tuple(labels), split=args.split,
+        seed=args.seed,
         val_percent=args.val_percent, test_percent=args.test_percent,
         wanted=tuple(wanted) if wanted else None, salt=args.split_salt,
         waveforms=args.waveforms, unknown=args.unknown_percent is not None,
@@ -145,10 +150,11 @@ def run(argv: Optional[list[str]] = None) -> contract.RunMetadata:
     options = batch.pipeline_options(beam_args)
     wanted = inputs.wanted_labels(args.labels)
     check_flags(args, wanted)
-    labels, listing = inputs.check_inputs(args.data_dir, wanted,
+    labels, listing = inputs.check_inputs(args.data_dirs, wanted,
                                           args.unknown_percent is not None,
                                           args.silence_percent is not None)
-    outputs.check_output_place(args.output_dir, args.data_dir)
+    for data_dir in args.data_dirs:
+        outputs.check_output_place(args.output_dir, data_dir)
     with claim.Claim(args.output_dir, "python -m pipelines.preprocess"):
         return _run(args, argv, options, labels, wanted, listing)
 
@@ -156,7 +162,7 @@ def run(argv: Optional[list[str]] = None) -> contract.RunMetadata:
 def _run(args: argparse.Namespace, argv: Optional[list[str]], options: PipelineOptions,
          labels: list[str], wanted: Optional[list[str]], listing: inputs.Listing
          ) -> contract.RunMetadata:
-    outputs.prepare_output(args.output_dir, args.data_dir, args.overwrite)
+    outputs.prepare_output(args.output_dir, args.data_dirs, args.overwrite)
     for path, reason in listing.skipped:
         print(f"skipped {inputs.printable(path)}: {reason}")
     out = args.output_dir.rstrip("/")
@@ -183,7 +189,7 @@ def _run(args: argparse.Namespace, argv: Optional[list[str]], options: PipelineO
     fraction = metadata.rejected / usable if usable else 0.0
     if fraction > args.max_rejected_fraction:
         raise errors.TooManyRejected(
-            f"{args.data_dir}: {metadata.rejected} of {usable} clips rejected "
+            f"{', '.join(args.data_dirs)}: {metadata.rejected} of {usable} clips rejected "
             f"({fraction:.1%} > --max-rejected-fraction {args.max_rejected_fraction:.1%}); "
             f"see {out}/{contract.REJECTED_DIR}/")
     return metadata

@@ -62,60 +62,57 @@ def read_operating_point(export_dir: str, labels: list[str], threshold: Optional
     return text, config, notes
 
 
-class SavedModelScorer:
-    """A job's SavedModel, loaded once, that scores one-second windows in batches.
+class SpanScorer:
+    """Scores one-second windows with a function of their |STFT|, in batches.
 
     When the hop is a whole number of STFT steps (128 samples) the windows share their
     STFT frames: `score_span` computes each frame of the audio once and gives the model
-    the windows' frames through its `spectrogram` signature. With 1 s windows every
-    96 ms each frame belongs to ten windows, so this takes the STFT, about a quarter of
-    a window's cost when each window computes its own, almost out of the bill. The
-    frames are those the `waveform` signature computes per window (same samples, same
-    STFT), so the scores are the same.
+    the windows' frames. With 1 s windows every 96 ms each frame belongs to ten windows,
+    so this takes the STFT, about a quarter of a window's cost when each window computes
+    its own, almost out of the bill. The frames are those a window's own STFT gives (same
+    samples, same STFT), so the scores are the same.
+
+    Args:
+      labels: the model's labels, in output order.
+      probabilities: a TensorFlow function, float32 [n, 124, 129] |STFT| -> [n, labels].
+      batch_windows: windows per call.
     """
 
-    def __init__(self, model_dir: str, batch_windows: int = BATCH_WINDOWS):
+    def __init__(self, labels: list[str], probabilities, batch_windows: int = BATCH_WINDOWS):
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         self._tf = tf
-        self.export_dir = contract.find_export(model_dir)
-        self.labels = contract.read_export_labels(self.export_dir)
+        self.labels = labels
         self.batch_windows = batch_windows
-        self.model = load_saved_model(self.export_dir)
-        self._serve = self.model.signatures[contract.SIGNATURE_WAVEFORM]
-        self._spectrogram = self.model.signatures[contract.SIGNATURE_SPECTROGRAM]
-        outputs = self._spectrogram(spectrogram=tf.zeros((1,) + contract.SPECTROGRAM_SHAPE))
-        count = int(outputs["probabilities"].shape[-1])
-        if count != len(self.labels):
-            raise errors.UserError(
-                f"{self.export_dir}: {contract.LABELS_FILE} has {len(self.labels)} labels but "
-                f"the model has {count} outputs ({contract.LABELS_FILE} of another model?)")
+        self._probabilities = probabilities
         self._span = tf.function(self._span_probabilities, input_signature=[
             tf.TensorSpec([None], tf.float32),
             tf.TensorSpec([None, contract.NUM_FRAMES], tf.int32)])
+        self._windows = tf.function(self._window_probabilities, input_signature=[
+            tf.TensorSpec([None, None], tf.float32)])
 
     def _empty(self) -> np.ndarray:
         return np.zeros((0, len(self.labels)), np.float32)
 
-    def __call__(self, windows: np.ndarray) -> np.ndarray:
-        """float32 [n, window samples] -> probabilities [n, labels], in batches."""
-        out = []
-        for start in range(0, len(windows), self.batch_windows):
-            batch = windows[start:start + self.batch_windows]
-            count = len(batch)
-            if count < self.batch_windows:  # the XLA-compiled signature: one batch size
-                batch = np.concatenate([batch, np.zeros(
-                    (self.batch_windows - count, batch.shape[1]), np.float32)])
-            outputs = self._serve(waveform=self._tf.constant(batch))
-            out.append(outputs["probabilities"].numpy()[:count])
-        return np.concatenate(out) if out else self._empty()
+    def _magnitude(self, samples):
+        tf = self._tf
+        return tf.abs(tf.signal.stft(samples, frame_length=contract.FRAME_LENGTH,
+                                     frame_step=contract.FRAME_STEP,
+                                     fft_length=contract.FFT_LENGTH))
+
+    def _window_probabilities(self, windows):
+        clips = windows[:, :contract.CLIP_SAMPLES]
+        missing = contract.CLIP_SAMPLES - self._tf.shape(clips)[1]
+        return self._probabilities(self._magnitude(self._tf.pad(clips, [[0, 0], [0, missing]])))
 
     def _span_probabilities(self, samples, frame_index):
-        tf = self._tf
-        magnitude = tf.abs(tf.signal.stft(samples, frame_length=contract.FRAME_LENGTH,
-                                          frame_step=contract.FRAME_STEP,
-                                          fft_length=contract.FFT_LENGTH))
-        spectrograms = tf.gather(magnitude, frame_index)
-        return self._spectrogram(spectrogram=spectrograms)["probabilities"]
+        return self._probabilities(self._tf.gather(self._magnitude(samples), frame_index))
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        """float32 [n, window samples] -> probabilities [n, labels], in batches."""
+        out = [self._windows(self._tf.constant(windows[start:start + self.batch_windows],
+                                               self._tf.float32)).numpy()
+               for start in range(0, len(windows), self.batch_windows)]
+        return np.concatenate(out) if out else self._empty()
 
     def score_span(self, samples: np.ndarray, offset: int, first: int, count: int,
                    config: events.Config) -> np.ndarray:
@@ -140,4 +137,38 @@ class SavedModelScorer:
                      + np.arange(contract.NUM_FRAMES)[None, :]).astype(np.int32)
             out.append(self._span(self._tf.constant(span),
                                   self._tf.constant(index)).numpy())
+        return np.concatenate(out) if out else self._empty()
+
+
+class SavedModelScorer(SpanScorer):
+    """A job's SavedModel, loaded once, scoring windows as `SpanScorer` (its `spectrogram`
+    signature), or a batch of whole windows through its XLA-compiled `waveform` one."""
+
+    def __init__(self, model_dir: str, batch_windows: int = BATCH_WINDOWS):
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        self.export_dir = contract.find_export(model_dir)
+        labels = contract.read_export_labels(self.export_dir)
+        self.model = load_saved_model(self.export_dir)
+        self._serve = self.model.signatures[contract.SIGNATURE_WAVEFORM]
+        spectrogram = self.model.signatures[contract.SIGNATURE_SPECTROGRAM]
+        outputs = spectrogram(spectrogram=tf.zeros((1,) + contract.SPECTROGRAM_SHAPE))
+        count = int(outputs["probabilities"].shape[-1])
+        if count != len(labels):
+            raise errors.UserError(
+                f"{self.export_dir}: {contract.LABELS_FILE} has {len(labels)} labels but "
+                f"the model has {count} outputs ({contract.LABELS_FILE} of another model?)")
+        super().__init__(labels, lambda spectrograms: spectrogram(
+            spectrogram=spectrograms)["probabilities"], batch_windows)
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        """float32 [n, window samples] -> probabilities [n, labels], in batches."""
+        out = []
+        for start in range(0, len(windows), self.batch_windows):
+            batch = windows[start:start + self.batch_windows]
+            count = len(batch)
+            if count < self.batch_windows:  # the XLA-compiled signature: one batch size
+                batch = np.concatenate([batch, np.zeros(
+                    (self.batch_windows - count, batch.shape[1]), np.float32)])
+            outputs = self._serve(waveform=self._tf.constant(batch))
+            out.append(outputs["probabilities"].numpy()[:count])
         return np.concatenate(out) if out else self._empty()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Union
 
 import apache_beam as beam
 import numpy as np
@@ -100,7 +100,7 @@ class FeaturizeConfig:
     """What `FeaturizeFile` needs to turn a path into an example, or a reason not to.
 
     Attributes:
-      data_dir: the data folder; labels are its immediate sub-folders.
+      data_dir: the data folder, or a tuple of them; labels are their sub-folders.
       labels: every label of the run, in index order (labels.txt).
       split: `dataset.SPLIT_SPEAKER` or `dataset.SPLIT_RANDOM`.
       seed: seed of the random split.
@@ -112,7 +112,7 @@ class FeaturizeConfig:
       noise: paths of the background recordings go to the `noise` output
         (--silence-percent).
     """
-    data_dir: str
+    data_dir: Union[str, tuple[str, ...]]
     labels: tuple[str, ...]
     split: str = dataset.SPLIT_SPEAKER
     seed: int = 42

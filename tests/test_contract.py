@@ -37,8 +37,8 @@ def test_a_version_1_file_is_read_into_fields():
     assert metadata.split_total("train") == 5 and metadata.split_total("test") == 0
     assert metadata.rejected == 1 and metadata.skipped == 2
     assert metadata.waveforms is True and metadata.unaccounted() == []
-    # The mapping view is the file's JSON form, plus the field older runs lack.
-    assert {**VERSION_1, "records_in_shards": {}} == metadata
+    # The mapping view is the file's JSON form, plus the fields older runs lack.
+    assert {**VERSION_1, "records_in_shards": {}, "extra_data_dirs": []} == metadata
     assert metadata["counts"]["train"]["total"] == 5
 
 

@@ -75,7 +75,7 @@ def test_training_batches_are_full_spectrogram_batches(data_dir):
     steps = recipe.steps_per_epoch(size)
     assert steps == size // 4
     # Endless: three epochs' worth of batches, every one full.
-    batches = list(recipe.train_dataset(files, run).take(3 * steps))
+    batches = list(recipe.train_dataset(files, run, LABELS).take(3 * steps))
     assert len(batches) == 3 * steps
     assert all(spectrogram.shape == (4, 124, 129) for spectrogram, _ in batches)
     assert {int(label) for _, labels in batches for label in labels} <= set(range(len(LABELS)))

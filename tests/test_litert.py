@@ -12,7 +12,7 @@ from benchmarks import litert as benchmark
 from pipelines import audio, contract, events, preprocess
 from pipelines.errors import UserError
 from tests import wavs
-from trainer import data, detect, export, features, models, predict, scoring, task
+from trainer import artifacts, data, detect, export, features, models, predict, scoring, task
 from trainer.litert import convert, flatbuffer, runtime
 from trainer.litert import export as litert_export
 
@@ -201,7 +201,7 @@ def test_default_training_run_writes_both_files(trained_job):
     for name in (runtime.STREAM_FLOAT_FILE, runtime.STREAM_INT8_FILE):
         stream = runtime.StreamingModel(str(trained_job / contract.EXPORT_DIR / name))
         assert stream.step(np.zeros(runtime.FRAME_SAMPLES)).shape == (len(LABELS),)
-    assert litert_export.job_model_name(str(trained_job)) == models.DEFAULT_MODEL
+    assert artifacts.job_model_name(str(trained_job)) == models.DEFAULT_MODEL
 
 
 def test_litert_cli_refuses_to_overwrite_and_rewrites_with_overwrite(trained_job, data_dir,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import keras
 import tensorflow as tf
 
@@ -28,3 +30,23 @@ def load_keras_model(job_dir: str) -> keras.Model:
         return keras.models.load_model(path)
     except Exception as error:  # pylint: disable=broad-except  # keras raises many kinds
         raise UserError(f"{path}: cannot load the model ({first_line(error)})") from None
+
+
+def read_job_metrics(job_dir: str) -> dict:
+    """A finished job's metrics.json (UserError when the job has none)."""
+    path = f"{job_dir.rstrip('/')}/metrics.json"
+    if not tf.io.gfile.exists(path):
+        raise UserError(f"{job_dir}: not a finished training job (metrics.json missing)")
+    with tf.io.gfile.GFile(path, "r") as handle:
+        try:
+            return json.loads(handle.read())
+        except ValueError as error:
+            raise UserError(f"{path}: not JSON ({error})") from None
+
+
+def job_model_name(job_dir: str) -> str:
+    """The architecture a job trained, from its metrics.json."""
+    name = read_job_metrics(job_dir).get("model")
+    if name not in models.names():
+        raise UserError(f"{job_dir}/metrics.json: unknown model {name!r}")
+    return name

@@ -20,8 +20,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import math
 import sys
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from pipelines.errors import import_tensorflow_quietly
 
@@ -30,19 +31,23 @@ import_tensorflow_quietly()
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipelines import contract, events  # noqa: E402
+from pipelines import contract, events, tts  # noqa: E402
 from pipelines.errors import UserError, run_cli  # noqa: E402
 from trainer import data, detection, scoring, streams  # noqa: E402
 
 STREAM_SECONDS = 600
 NUM_STREAMS = 3
 MIN_STREAM_SECONDS = 60
+CALIBRATION_MINUTES = 30.0  # of val recordings (trainer.task --calibration-minutes)
+KEYWORD_FREE_MINUTES = 60.0
 
 
-def split_clips(data_dir: str, split: str) -> tuple[list, list]:
+def split_clips(data_dir: str, split: str, synthetic: bool = False) -> tuple[list, list]:
     """(keyword (label, clip) pairs, `_unknown_` clips) of one split of a preprocessing run.
 
-    `_silence_` clips are left out: the streams' background is their silence.
+    `_silence_` clips are left out: the streams' background is their silence. So are
+    clips of synthetic speech (`pipelines.synthesize`) unless `synthetic`: recordings
+    that measure a detector hold recorded speech only.
     """
     metadata = data.read_metadata(data_dir)
     if not metadata.waveforms:
@@ -53,7 +58,10 @@ def split_clips(data_dir: str, split: str) -> tuple[list, list]:
     keywords, unknowns = [], []
     for batch in dataset:
         names = [name.decode() for name in batch[contract.LABEL_NAME].numpy()]
-        for name, wave in zip(names, batch[contract.WAVEFORM].numpy()):
+        paths = [path.decode("utf-8", "replace") for path in batch[contract.PATH].numpy()]
+        for name, path, wave in zip(names, paths, batch[contract.WAVEFORM].numpy()):
+            if not synthetic and tts.is_synthetic(path):
+                continue
             if name == streams.UNKNOWN:
                 unknowns.append(wave)
             elif name != streams.SILENCE:
@@ -79,18 +87,37 @@ def stream_seconds_for(num_clips: int, count: int = NUM_STREAMS) -> float:
 
 
 def split_streams(data_dir: str, split: str, count: int = NUM_STREAMS,
-                  duration_s: Optional[float] = None, seed: int = 0) -> list:
+                  duration_s: Optional[float] = None, seed: int = 0,
+                  keyword_free: bool = False, synthetic: bool = False) -> list:
     """`count` generated recordings (seeds seed, seed+1, ...) from one split.
 
     Args:
       duration_s: length of each; None for `stream_seconds_for` the split's size.
+      keyword_free: other words over noise only (the split's `_unknown_` clips), for
+        false accepts where no keyword is ever said.
+      synthetic: lay synthetic clips too (only mining does, on train).
     """
-    keywords, unknowns = split_clips(data_dir, split)
+    keywords, unknowns = split_clips(data_dir, split, synthetic)
     noises = background_recordings(data_dir)
     if duration_s is None:
         duration_s = stream_seconds_for(len(keywords) + len(unknowns), count)
+    if keyword_free:
+        if not unknowns:
+            raise UserError(f"{data_dir}/{split}: no _unknown_ clips for keyword-free "
+                            "recordings")
+        keywords, unknowns = [(streams.UNKNOWN, clip) for clip in unknowns], []
     return [streams.build_stream(keywords, unknowns, noises, duration_s, seed + i)
             for i in range(count)]
+
+
+def streams_for_minutes(data_dir: str, split: str, minutes: float, seed: int = 0,
+                        keyword_free: bool = False) -> list:
+    """Generated recordings of one split that last `minutes` together (streams of up to
+    STREAM_SECONDS each)."""
+    keywords, unknowns = split_clips(data_dir, split)
+    seconds = stream_seconds_for(len(keywords) + len(unknowns))
+    count = max(1, math.ceil(minutes * 60 / seconds - 1e-9))
+    return split_streams(data_dir, split, count, minutes * 60 / count, seed, keyword_free)
 
 
 def score_streams(generated: list, scorer: scoring.Scorer, config: events.Config) -> list:
@@ -120,16 +147,34 @@ def write_config(export_dir: str, config: events.Config) -> str:
     return path
 
 
-def evaluate_after_training(job_dir: str, data_dir: str) -> dict:
+def evaluate_after_training(job_dir: str, data_dir: str,
+                            calibration_minutes: float = CALIBRATION_MINUTES) -> dict:
     """Chooses the operating point on val streams, writes it, measures it on test streams.
 
     Returns:
       {"operating_point": detection.json's content, "val_det_curve": rows at the chosen
-      smoothing, "test": metrics and DET curve on test streams}.
+      smoothing, "test": metrics and DET curve on test streams, "keyword_free": false
+      accepts on an hour of the test split's other words over noise}.
     """
     scorer = scoring.Scorer(job_dir)
+    config = choose_and_write(scorer, data_dir, calibration_minutes)
+    return {"operating_point": events.config_to_dict(config.config),
+            "val_det_curve": config.curve, "test": split_metrics(scorer, config.config,
+                                                                 data_dir, contract.TEST),
+            "keyword_free": keyword_free_metrics(scorer, config.config, data_dir)}
+
+
+class Chosen(NamedTuple):
+    config: events.Config
+    curve: list  # the val DET curve at the chosen smoothing
+
+
+def choose_and_write(scorer: scoring.Scorer, data_dir: str,
+                     minutes: float = CALIBRATION_MINUTES) -> Chosen:
+    """Chooses smoothing and threshold on `minutes` of val recordings and writes them to
+    the scorer's export/detection.json."""
     base = events.default_config(scorer.labels)
-    generated = split_streams(data_dir, contract.VAL)
+    generated = streams_for_minutes(data_dir, contract.VAL, minutes)
     scored = score_streams(generated, scorer, base)
     config, curves = detection.choose_operating_point(scored, scorer.labels, base)
     config = dataclasses.replace(config, chosen_on={
@@ -142,9 +187,20 @@ def evaluate_after_training(job_dir: str, data_dir: str) -> dict:
               f"keyword of the val recordings within {budget:g} false accepts per hour "
               "(recall 0.0); the detector will miss keywords: train longer or on more data",
               file=sys.stderr)
-    test = split_metrics(scorer, config, data_dir, contract.TEST)
-    return {"operating_point": events.config_to_dict(config),
-            "val_det_curve": curves[config.smoothing], "test": test}
+    return Chosen(config, curves[config.smoothing])
+
+
+def keyword_free_metrics(scorer: scoring.Scorer, config: events.Config, data_dir: str,
+                         minutes: float = KEYWORD_FREE_MINUTES) -> dict:
+    """False accepts on `minutes` of the test split's other words over noise, no keyword
+    said (every event is a false accept)."""
+    generated = streams_for_minutes(data_dir, contract.TEST, minutes, seed=100,
+                                    keyword_free=True)
+    metrics = detection.evaluate(score_streams(generated, scorer, config), scorer.labels,
+                                 config)
+    return {"minutes": round(sum(g.duration_s for g in generated) / 60, 2),
+            "false_accepts": metrics["false_accepts"],
+            "false_accepts_per_hour": metrics["false_accepts_per_hour"]}
 
 
 def evaluate_streams(job_dir: str, data_dir: str, split: str, count: int = NUM_STREAMS,

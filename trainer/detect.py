@@ -44,8 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", metavar="FILE",
                         help="recordings (WAV, FLAC, OGG, MP3; local or gs://)")
-    parser.add_argument("--model-dir", required=True,
-                        help="a training job directory (or its export/ folder)")
+    parser.add_argument("--model-dir", default=scoring.SHIPPED_MODEL_DIR,
+                        help="a training job directory (or its export/ folder); default: "
+                             "the detector that comes with the repository, "
+                             "models/speech-commands")
     parser.add_argument("--engine", default=runtime.SAVEDMODEL, choices=runtime.ENGINES,
                         help="which exported file scores the windows: the SavedModel, "
                              "export/model.tflite or export/model_int8.tflite (LiteRT)")

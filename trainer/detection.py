@@ -191,9 +191,12 @@ def format_streaming(streaming: dict) -> str:
     """One line on the operating point training chose and its test figures."""
     point, test = streaming["operating_point"], streaming["test"]
     threshold = sorted(set(point["thresholds"].values()))
+    free = streaming.get("keyword_free")
     return (f"Detection on {test['streams']} generated test recordings of "
             f"{test['stream_seconds'] / 60:.0f} min, threshold {threshold} and smoothing "
-            f"{point['smoothing']} chosen on val: {format_metrics(test)}")
+            f"{point['smoothing']} chosen on val: {format_metrics(test)}"
+            + (f"; on {free['minutes']:g} min of keyword-free test audio "
+               f"{free['false_accepts_per_hour']:.1f} false accepts per hour" if free else ""))
 
 
 def format_split(metrics: dict) -> str:

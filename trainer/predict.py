@@ -27,7 +27,7 @@ import tensorflow as tf  # noqa: E402
 
 from pipelines import audio, contract, inputs, scoring  # noqa: E402
 from pipelines.errors import PartialFailure, UserError, run_cli  # noqa: E402
-from trainer.scoring import open_recording  # noqa: E402
+from trainer.scoring import SHIPPED_MODEL_DIR, open_recording  # noqa: E402
 from trainer.litert import runtime  # noqa: E402
 
 
@@ -95,8 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.predict",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", metavar="FILE.wav", help="local or gs:// paths")
-    parser.add_argument("--model-dir", required=True,
-                        help="a training job directory (or its export/ SavedModel)")
+    parser.add_argument("--model-dir", default=SHIPPED_MODEL_DIR,
+                        help="a training job directory (or its export/ SavedModel); "
+                             "default: the detector that comes with the repository, "
+                             "models/speech-commands")
     parser.add_argument("--engine", default=runtime.SAVEDMODEL, choices=runtime.ENGINES,
                         help="which exported file runs: the SavedModel, export/model.tflite "
                              "or export/model_int8.tflite (LiteRT; default savedmodel)")

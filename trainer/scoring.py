@@ -12,6 +12,7 @@ scores into events (`pipelines.events.EventStream`).
 
 from __future__ import annotations
 
+import pathlib
 import sys
 from typing import Iterable, NamedTuple, Optional
 
@@ -20,6 +21,9 @@ import numpy as np
 from pipelines import audio, contract, events, inputs, scoring
 from trainer.litert import runtime
 
+# The detector that comes with the repository (models/README.md): what the commands that
+# run a model use when given no --model-dir.
+SHIPPED_MODEL_DIR = str(pathlib.Path(__file__).resolve().parents[1] / "models" / "speech-commands")
 BATCH_WINDOWS = scoring.BATCH_WINDOWS
 BLOCK_SAMPLES = BATCH_WINDOWS * contract.SAMPLE_RATE * events.HOP_MS // 1000
 PEAKS_PER_SECOND = 50
@@ -35,25 +39,38 @@ class Scorer:
       batch_windows: windows per SavedModel call.
     """
 
-    def __init__(self, model_dir: str, engine: str = runtime.SAVEDMODEL,
+    def __init__(self, model_dir: Optional[str], engine: str = runtime.SAVEDMODEL,
                  batch_windows: int = BATCH_WINDOWS):
         self.engine = engine
         self.lite_model = None
-        self.saved_model = None
+        self.spans: Optional[scoring.SpanScorer] = None  # TensorFlow: windows in batches
+        if model_dir is None:  # `of_keras` fills it in
+            return
         if engine == runtime.SAVEDMODEL:
-            self.saved_model = scoring.SavedModelScorer(model_dir, batch_windows)
-            self.export_dir, self.labels = self.saved_model.export_dir, self.saved_model.labels
+            self.spans = scoring.SavedModelScorer(model_dir, batch_windows)
+            self.export_dir, self.labels = self.spans.export_dir, self.spans.labels
         else:
             self.lite_model, self.labels = runtime.load_engine(model_dir, engine)
             self.export_dir = runtime.engine_file(model_dir, engine).rsplit("/", 1)[0]
+
+    @classmethod
+    def of_keras(cls, net, labels: list[str], batch_windows: int = BATCH_WINDOWS) -> "Scorer":
+        """A Keras model being trained (logits out), scored as its export would be."""
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        scorer = cls(None, "keras")
+        scorer.labels, scorer.export_dir = list(labels), None
+        scorer.spans = scoring.SpanScorer(
+            scorer.labels, lambda spectrograms: tf.nn.softmax(net(spectrograms, training=False),
+                                                              axis=-1), batch_windows)
+        return scorer
 
     def _empty(self) -> np.ndarray:
         return np.zeros((0, len(self.labels)), np.float32)
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         """float32 [n, window samples] -> probabilities [n, labels]."""
-        if self.saved_model is not None:
-            return self.saved_model(windows)
+        if self.spans is not None:
+            return self.spans(windows)
         if not len(windows):
             return self._empty()
         return np.stack([self.lite_model.probabilities(window) for window in windows])
@@ -62,8 +79,8 @@ class Scorer:
                    config: events.Config) -> np.ndarray:
         """Probabilities [count, labels] of windows first..first+count-1 (see
         `pipelines.scoring.SavedModelScorer.score_span`)."""
-        if self.saved_model is not None:
-            return self.saved_model.score_span(samples, offset, first, count, config)
+        if self.spans is not None:
+            return self.spans.score_span(samples, offset, first, count, config)
         return self(events.frame_windows(samples, offset, first, count, config.window,
                                          config.hop))
 
@@ -168,6 +185,46 @@ def window_batches(blocks: Iterable[np.ndarray], windows: WindowScorer
         yield batch
 
 
+class Update(NamedTuple):
+    """What a stream's latest audio gave: the events it fired, and the windows scored."""
+    events: list  # events.Event
+    times: np.ndarray  # seconds at which each window ends
+    smoothed: np.ndarray  # [windows, labels] smoothed scores
+
+
+class StreamDetector:
+    """Events of one stream of audio as it arrives, in blocks of any size.
+
+    The one implementation of detection on audio: `detect_blocks` (files), the live
+    server (a microphone over a WebSocket) and mining all push audio through it, and the
+    same audio gives the same events whatever the block sizes.
+    """
+
+    def __init__(self, scorer: Scorer, config: events.Config, keep_peaks: bool = False):
+        self.config = config
+        self.windows = WindowScorer(scorer, config, keep_peaks)
+        self._events = events.EventStream(scorer.labels, config)
+
+    @property
+    def num_samples(self) -> int:
+        return self.windows.num_samples
+
+    def _update(self, batch: Optional[WindowBatch]) -> Update:
+        if batch is None:
+            return Update([], np.zeros(0), np.zeros((0, len(self.windows.scorer.labels)),
+                                                    np.float32))
+        fired, smoothed = self._events.push(batch.probabilities, batch.times)
+        return Update(fired, batch.times, smoothed)
+
+    def push(self, block: np.ndarray) -> Update:
+        """The next samples (16 kHz float32) -> what they completed."""
+        return self._update(self.windows.push(block))
+
+    def finish(self) -> Update:
+        """The end of the stream: the last windows, padded past the end with zeros."""
+        return self._update(self.windows.finish())
+
+
 class Detection(NamedTuple):
     events: list  # events.Event
     num_samples: int
@@ -181,24 +238,27 @@ def detect_blocks(blocks: Iterable[np.ndarray], scorer: Scorer, config: events.C
     Args:
       on_event: called with each Event as it fires (before the recording ends).
     """
-    windows = WindowScorer(scorer, config, keep_peaks=trace)
-    stream = events.EventStream(scorer.labels, config)
+    detector = StreamDetector(scorer, config, keep_peaks=trace)
     found, times, smoothed = [], [], []
-    for batch in window_batches(blocks, windows):
-        fired, scores = stream.push(batch.probabilities, batch.times)
-        for event in fired:
+
+    def take(update: Update) -> None:
+        for event in update.events:
             if on_event is not None:
                 on_event(event)
-        found += fired
-        if trace:
-            times.append(batch.times)
-            smoothed.append(scores)
+        found.extend(update.events)
+        if trace and len(update.times):
+            times.append(update.times)
+            smoothed.append(update.smoothed)
+
+    for block in blocks:
+        take(detector.push(block))
+    take(detector.finish())
     recorded = None
     if trace:
         recorded = {"times": np.concatenate(times), "smoothed": np.concatenate(smoothed),
-                    "peaks": np.concatenate(windows.envelope),
+                    "peaks": np.concatenate(detector.windows.envelope),
                     "peaks_per_second": PEAKS_PER_SECOND}
-    return Detection(found, windows.num_samples, recorded)
+    return Detection(found, detector.num_samples, recorded)
 
 
 def open_recording(path: str):

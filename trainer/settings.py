@@ -36,6 +36,9 @@ class RunSettings:
     weight_decay: Optional[float] = None
     seed: int = 42
     shuffle_buffer: int = 4096
+    negative_weight: float = 1.0  # loss weight of _unknown_ and _silence_ examples
+    max_shift_ms: Optional[float] = None  # None: the recipe's time shift
+    calibration_minutes: float = 30.0  # val recordings the operating point is chosen on
     tensorboard_dir: Optional[str] = None
     checkpoint_dir: Optional[str] = None
     restart: bool = False
@@ -67,6 +70,15 @@ def add_flags(parser: argparse.ArgumentParser, model_names: list[str], default_m
                         help="seeds initialisation, shuffling and augmentation (default 42)")
     parser.add_argument("--shuffle-buffer", type=int, default=4096,
                         help="examples held in memory for shuffling (default 4096)")
+    parser.add_argument("--negative-weight", type=float, default=1.0, metavar="W",
+                        help="weight in the loss of the _unknown_ and _silence_ examples, "
+                             "keyword examples weighing 1 (default 1)")
+    parser.add_argument("--max-shift-ms", type=float, default=None, metavar="MS",
+                        help="largest training time shift either way (default: the "
+                             "recipe's, 100 ms for kws)")
+    parser.add_argument("--calibration-minutes", type=float, default=30.0, metavar="MIN",
+                        help="minutes of val recordings the detection operating point is "
+                             "chosen on, for a model with _unknown_ (default 30)")
     parser.add_argument("--tensorboard-dir", default=environ.get("AIP_TENSORBOARD_LOG_DIR"),
                         help="default: JOB/logs or $AIP_TENSORBOARD_LOG_DIR")
     parser.add_argument("--checkpoint-dir", default=environ.get("AIP_CHECKPOINT_DIR"),
@@ -95,6 +107,15 @@ def add_flags(parser: argparse.ArgumentParser, model_names: list[str], default_m
 
 
 def from_flags(flags: argparse.Namespace) -> RunSettings:
-    """The RunSettings of parsed `add_flags` flags."""
+    """The RunSettings of parsed `add_flags` flags (ValueError for an impossible value)."""
     names = {field.name for field in dataclasses.fields(RunSettings)}
-    return RunSettings(**{name: value for name, value in vars(flags).items() if name in names})
+    settings = RunSettings(**{name: value for name, value in vars(flags).items()
+                              if name in names})
+    if not settings.negative_weight > 0:
+        raise ValueError(f"--negative-weight must be positive, got {settings.negative_weight}")
+    if settings.max_shift_ms is not None and not 0 <= settings.max_shift_ms <= 1000:
+        raise ValueError(f"--max-shift-ms must be in [0, 1000], got {settings.max_shift_ms}")
+    if not 1 <= settings.calibration_minutes <= 24 * 60:
+        raise ValueError(f"--calibration-minutes must be in [1, 1440], got "
+                         f"{settings.calibration_minutes}")
+    return settings

@@ -32,10 +32,7 @@ import tensorflow as tf  # noqa: E402
 
 from pipelines import claim, contract  # noqa: E402
 from pipelines.errors import PartialFailure, UserError, run_cli  # noqa: E402
-from trainer import (backup, calibrate, data, detection, distribute, evaluate, export,  # noqa: E402
-                     models, settings, training)
-from trainer.litert import export as litert_export  # noqa: E402
-from trainer.report import metrics as classification, writer  # noqa: E402
+from trainer import backup, data, distribute, job, models, settings, training  # noqa: E402
 from trainer.settings import RunSettings  # noqa: E402
 
 HISTORY_CSV = "history.csv"
@@ -88,9 +85,7 @@ def train_and_evaluate(options: RunSettings) -> dict:
     # Before any TensorFlow op: workers set up the collectives first (and then wait for
     # one another, so what would stop a worker is checked before).
     dist = distribute.setup(options)
-    recipe = dist.scale(models.get_recipe(options.model).with_overrides(
-        epochs=options.epochs, batch_size=options.batch_size,
-        learning_rate=options.learning_rate, weight_decay=options.weight_decay))
+    recipe = dist.scale(models.get_recipe(options.model).for_run(options))
     files = data.check_shards(options.data_dir, metadata, contract.SPLITS)
     sizes = {split: data.split_size(metadata, split) for split in contract.SPLITS}
     for split, size in sizes.items():
@@ -123,13 +118,12 @@ def _train(options: RunSettings, dist: distribute.Distribution, recipe, labels: 
         epoch_backup.discard()
     resume_from.check_same_run()
     if not resume_from.epochs() and tf.io.gfile.exists(f"{job_dir}/{HISTORY_CSV}"):
-        tf.io.gfile.remove(f"{job_dir}/{HISTORY_CSV}")  # a fresh options, not a resumption
+        tf.io.gfile.remove(f"{job_dir}/{HISTORY_CSV}")  # a fresh run, not a resumption
 
-    train_ds = dist.train_input(recipe.train_dataset(dist.share(files[contract.TRAIN]), options))
+    train_ds = dist.train_input(recipe.train_dataset(dist.share(files[contract.TRAIN]), options,
+                                                     labels))
     val_ds = dist.eval_input(data.make_dataset(files[contract.VAL], recipe.batch_size, False,
                                                num_examples=sizes[contract.VAL]))
-    test_ds = data.make_dataset(files[contract.TEST], recipe.batch_size, False,
-                                num_examples=sizes[contract.TEST])
     spectrograms = data.make_dataset(files[contract.TRAIN], 256, False).map(lambda x, _: x)
     with dist.strategy.scope():
         net = data.guard_corruption(files[contract.TRAIN], lambda: models.build_model(
@@ -165,40 +159,24 @@ def _train(options: RunSettings, dist: distribute.Distribution, recipe, labels: 
     if not dist.is_chief:
         return dist.finish()  # the chief evaluates, exports and reports
     net = dist.local_model(net, f"{job_dir}/model.keras")
-    serving = recipe.serving_model(net)
-    export_dir = export.export_model(serving, labels, f"{job_dir}/{contract.EXPORT_DIR}")
-    # LiteRT files beside the SavedModel, int8 calibrated on training clips.
-    litert_export.export_run(serving, labels, export_dir, options.data_dir, seed=options.seed)
-    with tf.io.gfile.GFile(f"{job_dir}/{contract.LABELS_FILE}", "w") as handle:
-        handle.write(contract.format_labels(labels))
     recorded = {"model": options.model, "data_dir": options.data_dir, "seed": options.seed,
                 "shuffle_buffer": options.shuffle_buffer, **recipe.settings(),
                 "epochs_run": len(next(iter(history.values()), [])),
                 "split": metadata.split.to_dict(), **dist.settings()}
-    metrics = evaluate.evaluate_split(net, test_ds, files[contract.TEST], labels)
-    metrics.update({
-        "model": options.model, "parameters": int(net.count_params()),
-        "counts": {split: sizes[split] for split in contract.SPLITS},
-        "settings": recorded, "export_dir": export_dir,
-    })
-    if calibrate.wanted_after_training(labels, metadata.waveforms):
-        metrics["streaming"] = calibrate.evaluate_after_training(job_dir, options.data_dir)
-        print(detection.format_streaming(metrics["streaming"]))
-    writer.write_json(f"{job_dir}/metrics.json", metrics)
-    writer.write_json(f"{job_dir}/history.json", history)
-    print(classification.format_metrics(metrics))
-    if options.report:
-        report = writer.write_run_report(job_dir, export_dir, files[contract.TEST],
-                                         metrics, history, labels, metadata.waveforms)
-        print(f"\nreport: {report}")
-    print(f"model: {job_dir}/model.keras  export: {export_dir}")
-    return metrics
+    return job.write_job(job_dir, job.Finished(
+        net, recipe.serving_model(net), labels, options.data_dir, recorded, history,
+        seed=options.seed), report=options.report,
+        calibration_minutes=options.calibration_minutes)
 
 
 def run(argv: Optional[list[str]] = None) -> dict:
     flags = build_parser().parse_args(
         distribute.hyphenated(sys.argv[1:] if argv is None else argv))
-    return train_and_evaluate(settings.from_flags(flags))
+    try:
+        options = settings.from_flags(flags)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    return train_and_evaluate(options)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

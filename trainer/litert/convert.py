@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import warnings
 
-from pipelines.errors import import_tensorflow_quietly
+from pipelines.errors import import_tensorflow_quietly, quiet_stderr
 
 import_tensorflow_quietly()
 
@@ -166,8 +166,9 @@ def quantize(function: tf.types.experimental.ConcreteFunction, representative_in
     # Integer kernels where they exist, float ones for the rest (RFFT2D, COMPLEX_ABS).
     lite.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                       tf.lite.OpsSet.TFLITE_BUILTINS]
-    with warnings.catch_warnings():
-        # Calibration runs TensorFlow's own (deprecated) interpreter inside the converter.
+    # Calibration runs TensorFlow's own (deprecated) interpreter inside the converter,
+    # which warns, and prints a line per quantised op on stderr.
+    with warnings.catch_warnings(), quiet_stderr():
         warnings.simplefilter("ignore")
         if front_end == "int8":
             return lite.convert()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from typing import Callable, Optional
 
@@ -111,18 +110,6 @@ def representative_clips(data_dir: str, count: int = convert.CALIBRATION_CLIPS,
     return data.guard_corruption(files, lambda: convert.representative_sample(dataset, count))
 
 
-def job_model_name(job_dir: str) -> str:
-    """The architecture a job trained, from its metrics.json."""
-    path = f"{job_dir}/metrics.json"
-    if not tf.io.gfile.exists(path):
-        raise UserError(f"{job_dir}: not a finished training job (metrics.json missing)")
-    with tf.io.gfile.GFile(path, "r") as handle:
-        name = json.loads(handle.read()).get("model")
-    if name not in models.names():
-        raise UserError(f"{path}: unknown model {name!r}")
-    return name
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trainer.litert",
@@ -150,7 +137,7 @@ def run(argv: Optional[list[str]] = None) -> dict[str, str]:
     if existing and not args.overwrite:
         raise UserError(f"{export_dir}: already holds {', '.join(existing)} (use --overwrite "
                         "to replace)")
-    model_name = job_model_name(job_dir)
+    model_name = artifacts.job_model_name(job_dir)
     net = artifacts.load_keras_model(job_dir)
     labels = artifacts.read_model_labels(job_dir)
     paths = export_run(models.get_recipe(model_name).serving_model(net), labels, export_dir,

@@ -17,6 +17,8 @@ from typing import Callable, Optional
 import keras
 import tensorflow as tf
 
+from pipelines.contract import SAMPLE_RATE
+from pipelines.events import NON_KEYWORDS
 from trainer import augment, data, training
 from trainer.settings import RunSettings
 
@@ -43,6 +45,8 @@ class Recipe:
         rounded up).
       augmentation: audio and spectrum augmentation of the training clips (needs a
         run with stored waveforms); None trains on the stored spectrograms.
+      negative_weight: weight in the loss of `_unknown_` and `_silence_` examples (the
+        keywords weigh 1): how much a false accept costs against a miss.
       serving: turns the trained model into the exported one (None: itself).
     """
     epochs: int
@@ -56,6 +60,7 @@ class Recipe:
     patience: int = 0
     whole_batches: bool = False
     augmentation: Optional[augment.Augmentation] = None
+    negative_weight: float = 1.0
     serving: Optional[Callable[[keras.Model], keras.Model]] = None
 
     def __post_init__(self):
@@ -77,17 +82,60 @@ class Recipe:
                    else math.ceil(num_examples / self.batch_size))
         return max(1, batches)
 
-    def train_dataset(self, files: list[str], settings: RunSettings) -> tf.data.Dataset:
-        """Endless shuffled (spectrogram, label) batches; `steps_per_epoch` make an epoch."""
-        if self.augmentation is None:
-            return data.make_dataset(files, self.batch_size, True, seed=settings.seed,
+    def for_run(self, run: RunSettings) -> "Recipe":
+        """The recipe with what a run's flags override (epochs, batch size, learning
+        rate, weight decay, negative weight, time shift)."""
+        recipe = self.with_overrides(
+            epochs=run.epochs, batch_size=run.batch_size, learning_rate=run.learning_rate,
+            weight_decay=run.weight_decay,
+            negative_weight=None if run.negative_weight == 1.0 else run.negative_weight)
+        if run.max_shift_ms is not None and recipe.augmentation is not None:
+            recipe = dataclasses.replace(recipe, augmentation=dataclasses.replace(
+                recipe.augmentation, max_shift=int(run.max_shift_ms * SAMPLE_RATE / 1000)))
+        return recipe
+
+    def train_dataset(self, files: list[str], settings: RunSettings, labels: list[str],
+                      extra_files: tuple[str, ...] = (), extra_share: float = 0.0
+                      ) -> tf.data.Dataset:
+        """Endless shuffled (spectrogram, label[, weight]) batches; `steps_per_epoch` make
+        an epoch.
+
+        Args:
+          files: the training shards.
+          settings: the run (seed, shuffle buffer, data folder for background noise).
+          labels: the run's labels (which ones are negatives, for `negative_weight`).
+          extra_files: shards of further examples in the same format (mined ones), a
+            share `extra_share` of every batch drawn from them.
+        """
+        extra = min(self.batch_size - 1, round(self.batch_size * extra_share)) \
+            if extra_files else 0
+        waveform = self.augmentation is not None
+
+        def batches(shards, size, seed):
+            return data.make_dataset(list(shards), size, True, seed=seed, waveform=waveform,
                                      shuffle_buffer=settings.shuffle_buffer, repeat=True)
-        waveforms = data.make_dataset(files, self.batch_size, True, seed=settings.seed,
-                                      waveform=True, shuffle_buffer=settings.shuffle_buffer,
-                                      repeat=True)
-        augmented = augment.augment_dataset(waveforms, data.background_bank(settings.data_dir),
-                                            self.augmentation, seed=settings.seed)
-        return augmented.prefetch(tf.data.AUTOTUNE)
+
+        dataset = batches(files, self.batch_size - extra, settings.seed)
+        if extra:
+            dataset = tf.data.Dataset.zip((dataset, batches(extra_files, extra,
+                                                            settings.seed + 1))).map(
+                lambda main, more: (tf.concat([main[0], more[0]], 0),
+                                    tf.concat([main[1], more[1]], 0)))
+        if waveform:
+            dataset = augment.augment_dataset(dataset, data.background_bank(settings.data_dir),
+                                              self.augmentation, seed=settings.seed)
+        if self.negative_weight != 1.0:
+            negatives = tf.constant([i for i, label in enumerate(labels)
+                                     if label in NON_KEYWORDS], tf.int64)
+            weight = tf.constant(self.negative_weight, tf.float32)
+
+            def weighted(features, label):
+                is_negative = tf.reduce_any(tf.equal(tf.cast(label, tf.int64)[:, None],
+                                                     negatives[None, :]), axis=1)
+                return features, label, tf.where(is_negative, weight, 1.0)
+
+            dataset = dataset.map(weighted, num_parallel_calls=tf.data.AUTOTUNE)
+        return dataset.prefetch(tf.data.AUTOTUNE)
 
     def compile(self, net: keras.Model, train_size: int) -> None:
         if self.optimizer == "adamw":

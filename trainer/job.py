@@ -1,0 +1,85 @@
+"""Writes a finished job: what every command that trains a model leaves in its job folder.
+
+    JOB/model.keras              the trained Keras model
+    JOB/export/                  SavedModel, LiteRT files, labels.txt, detection.json
+    JOB/labels.txt  JOB/metrics.json  JOB/history.json  JOB/report.html (+ figures)
+
+`trainer.task`, `trainer.mine` and `trainer.enroll` train in their own ways and then call
+`write_job`, so a job is the same whichever made it: `trainer.detect`, `trainer.predict`,
+`pipelines.detect` and the live page run any of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+from pipelines import contract
+from trainer import calibrate, data, detection, evaluate, export
+from trainer.litert import export as litert_export
+from trainer.report import metrics as classification, writer
+
+
+@dataclasses.dataclass
+class Finished:
+    """A trained model and what it was trained on, ready to be written as a job.
+
+    Attributes:
+      net: the trained Keras model (logits out).
+      serving: the model to export (`Recipe.serving_model(net)`).
+      labels: its labels, in output order.
+      data_dir: the preprocessing run (test split, calibration clips, recordings).
+      settings: what made it, for metrics.json ("settings").
+      history: per-epoch metrics (history.json).
+      seed: of the LiteRT calibration sample.
+      extra_metrics: more top-level entries for metrics.json.
+    """
+    net: keras.Model
+    serving: keras.Model
+    labels: list[str]
+    data_dir: str
+    settings: dict
+    history: dict
+    seed: int = 42
+    extra_metrics: Optional[dict] = None
+
+
+def write_job(job_dir: str, done: Finished, report: bool = True,
+              calibration_minutes: float = calibrate.CALIBRATION_MINUTES) -> dict:
+    """Exports, evaluates on test, chooses the detection operating point (a model with
+    `_unknown_`), and writes metrics, history and report; returns the metrics."""
+    job_dir = job_dir.rstrip("/")
+    tf.io.gfile.makedirs(job_dir)
+    done.net.save(f"{job_dir}/model.keras")
+    export_dir = export.export_model(done.serving, done.labels,
+                                     f"{job_dir}/{contract.EXPORT_DIR}")
+    # LiteRT files beside the SavedModel, int8 calibrated on training clips.
+    litert_export.export_run(done.serving, done.labels, export_dir, done.data_dir,
+                             seed=done.seed)
+    with tf.io.gfile.GFile(f"{job_dir}/{contract.LABELS_FILE}", "w") as handle:
+        handle.write(contract.format_labels(done.labels))
+    metadata = data.read_metadata(done.data_dir)
+    test_files = data.shard_files(done.data_dir, contract.TEST)
+    test_ds = data.make_dataset(test_files, 128, False,
+                                num_examples=data.split_size(metadata, contract.TEST))
+    metrics = evaluate.evaluate_split(done.net, test_ds, test_files, done.labels)
+    metrics.update({
+        "model": done.settings.get("model"), "parameters": int(done.net.count_params()),
+        "counts": {split: data.split_size(metadata, split) for split in contract.SPLITS},
+        "settings": done.settings, "export_dir": export_dir, **(done.extra_metrics or {})})
+    if calibrate.wanted_after_training(done.labels, metadata.waveforms):
+        metrics["streaming"] = calibrate.evaluate_after_training(job_dir, done.data_dir,
+                                                                 calibration_minutes)
+        print(detection.format_streaming(metrics["streaming"]))
+    writer.write_json(f"{job_dir}/metrics.json", metrics)
+    writer.write_json(f"{job_dir}/history.json", done.history)
+    print(classification.format_metrics(metrics))
+    if report:
+        page = writer.write_run_report(job_dir, export_dir, test_files, metrics, done.history,
+                                       done.labels, metadata.waveforms)
+        print(f"\nreport: {page}")
+    print(f"model: {job_dir}/model.keras  export: {export_dir}")
+    return metrics
