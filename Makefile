@@ -26,7 +26,7 @@ demo: setup
 	@echo "Report: $(RUN)/job/report.html"
 
 test: setup live/node_modules browser
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 # The live page's JavaScript (LiteRT.js), from the npm registry, as live/package-lock.json pins it.
 live/node_modules: live/package.json live/package-lock.json

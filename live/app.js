@@ -95,19 +95,68 @@ function showStats() {
 
 // --- the microphone --------------------------------------------------------------------
 
+// Streaming resampler to 16 kHz for browsers that give the microphone only at the device's
+// rate (Firefox refuses a 16 kHz AudioContext for a microphone at another rate): a
+// windowed-sinc low-pass at 0.95 of the new Nyquist, 2 x TAPS samples per output sample.
+class Resampler {
+  constructor(fromRate, toRate = SAMPLE_RATE, taps = 16) {
+    this.step = fromRate / toRate;
+    this.cutoff = Math.min(1, toRate / fromRate) * 0.95;
+    this.taps = taps;
+    this.history = new Float32Array(0);
+    this.position = taps;  // input index (in `history`) of the next output sample
+  }
+
+  push(input) {
+    const joined = new Float32Array(this.history.length + input.length);
+    joined.set(this.history);
+    joined.set(input, this.history.length);
+    const out = [];
+    while (this.position + this.taps < joined.length) {
+      const centre = Math.floor(this.position), fraction = this.position - centre;
+      let sum = 0;
+      for (let k = -this.taps + 1; k <= this.taps; k++) {
+        const x = (k - fraction) * this.cutoff;
+        const sinc = x === 0 ? 1 : Math.sin(Math.PI * x) / (Math.PI * x);
+        const taper = 0.5 + 0.5 * Math.cos(Math.PI * (k - fraction) / (this.taps + 1));
+        sum += joined[centre + k] * sinc * taper;
+      }
+      out.push(sum * this.cutoff);
+      this.position += this.step;
+    }
+    const keep = Math.max(0, Math.floor(this.position) - this.taps);
+    this.history = joined.slice(keep);
+    this.position -= keep;
+    return Float32Array.from(out);
+  }
+}
+
 async function startCapture(onFrame, frameSamples) {
   const stream = await navigator.mediaDevices.getUserMedia({audio: {
     channelCount: 1, echoCancellation: false, noiseSuppression: false,
     autoGainControl: false}});
-  const context = new AudioContext({sampleRate: SAMPLE_RATE});
+  // ?capture-rate=48000 takes the path a browser without 16 kHz capture takes.
+  const forced = Number(params.get("capture-rate")) || 0;
+  let context, source;
+  try {
+    context = new AudioContext({sampleRate: forced || SAMPLE_RATE});
+    source = context.createMediaStreamSource(stream);
+  } catch (error) {  // the microphone only at the device's rate: resample here
+    if (context) await context.close();
+    context = new AudioContext();
+    source = context.createMediaStreamSource(stream);
+  }
+  const resampler = context.sampleRate === SAMPLE_RATE ? null
+                                                       : new Resampler(context.sampleRate);
+  window.kwsStats.captureRate = context.sampleRate;
   await context.audioWorklet.addModule("/capture-worklet.js");
-  const source = context.createMediaStreamSource(stream);
   const capture = new AudioWorkletNode(context, "capture");
   let pending = new Float32Array(0);
   capture.port.onmessage = ({data}) => {
-    const joined = new Float32Array(pending.length + data.length);
+    const samples = resampler ? resampler.push(data) : data;
+    const joined = new Float32Array(pending.length + samples.length);
     joined.set(pending);
-    joined.set(data, pending.length);
+    joined.set(samples, pending.length);
     let start = 0;
     for (; start + frameSamples <= joined.length; start += frameSamples) {
       onFrame(joined.slice(start, start + frameSamples));

@@ -114,9 +114,26 @@ def _judge(stream, index: int, heard: str, score: float, config: events.Config
     return Mined(waveform, events.SILENCE_LABEL, "noise", score, heard)
 
 
-def train_streams(data_dir: str, minutes: float, seed: int) -> list:
-    """`minutes` of recordings of the train split, each clip replayed at a random speed."""
+def read_pool(folder: str) -> list[np.ndarray]:
+    """The clips of a folder of other words (`--pool`), each cut or padded to a second."""
+    paths = sorted(tf.io.gfile.glob(f"{folder.rstrip('/')}/*"))
+    clips = []
+    for path in paths:
+        try:
+            clips.append(audio.pad_or_trim(audio.decode_wav(path)))
+        except (audio.AudioError, OSError):
+            continue
+    if not clips:
+        raise UserError(f"{folder}: no audio clips for --pool")
+    return clips
+
+
+def train_streams(data_dir: str, minutes: float, seed: int,
+                  pool: tuple = ()) -> list:
+    """`minutes` of recordings of the train split (and of `pool`, more other words),
+    each clip replayed at a random speed."""
     keywords, unknowns = calibrate.split_clips(data_dir, contract.TRAIN, synthetic=True)
+    unknowns = list(unknowns) + list(pool)
 
     def replayed(clips: list[np.ndarray], offset: int) -> list[np.ndarray]:
         if not clips:
@@ -175,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=2, help="mining rounds (default 2)")
     parser.add_argument("--minutes", type=float, default=60.0,
                         help="minutes of train recordings scored per round (default 60)")
+    parser.add_argument("--pool", default=None, metavar="DIR",
+                        help="a folder of clips of other words the model was not trained on "
+                             "(synthetic speech from pipelines.synthesize), laid into the "
+                             "mining recordings besides the train split's")
     parser.add_argument("--near", type=float, default=NEAR,
                         help=f"smoothed keyword score from which a window is looked at "
                              f"(default {NEAR})")
@@ -236,13 +257,14 @@ def _mine(args, labels, base_metrics, model_name, metadata, files, job_dir) -> d
     rounds = [{"round": 0, "val": val_point(net, labels, args.data_dir,
                                              args.calibration_minutes)}]
     print(f"round 0 (the base job): val {_point(rounds[0]['val'])}", flush=True)
+    pool = read_pool(args.pool) if args.pool else ()
     best_weights, mined_files, mined_total, history = net.get_weights(), [], 0, {}
     val_ds = data.make_dataset(files[contract.VAL], recipe.batch_size, False,
                                num_examples=data.split_size(metadata, contract.VAL))
     for number in range(1, args.rounds + 1):
         scorer = scoring.Scorer.of_keras(net, labels)
         config = events.default_config(labels)
-        generated = train_streams(args.data_dir, args.minutes, seed=1000 * number)
+        generated = train_streams(args.data_dir, args.minutes, 1000 * number, pool)
         mined = []
         for stream in generated:
             probabilities = scoring.score_audio(stream.audio, scorer, config)
@@ -277,7 +299,8 @@ def _mine(args, labels, base_metrics, model_name, metadata, files, job_dir) -> d
                 "base_job": args.base_job, "mining": {
                     "rounds": args.rounds, "minutes": args.minutes, "near": args.near,
                     "epochs": args.epochs, "learning_rate": recipe.learning_rate,
-                    "mined_share": args.mined_share, "kept_round": chosen}}
+                    "mined_share": args.mined_share, "pool": args.pool,
+                    "kept_round": chosen}}
     return job.write_job(job_dir, job.Finished(
         net, recipe.serving_model(net), labels, args.data_dir, recorded, history,
         seed=args.seed, extra_metrics={"mining": rounds}), report=args.report,

@@ -1,0 +1,186 @@
+"""Enrolment study: new words from 3 to 20 recordings, measured on other speakers.
+
+    python -m benchmarks.enroll --base-job JOB --data-dir OUT --words WORDS --work-dir W \\
+        [--counts 3 5 10 20] [--keep-keywords] [--fine-tune N]
+
+WORDS holds a folder of clips per word the base job was not trained on (WORDS/<word>/,
+names `<speaker>_nohash_<n>` or `<word>_<speaker>_nohash_<n>`). For each word its
+speakers are split: the first ones (by a hash of the speaker) until `--test-clips` clips
+are the test speakers, the others the enrolment speakers. For each count, that many
+clips of enrolment speakers (one per speaker first) go to `trainer.enroll`; the job it
+makes is measured on `--minutes` of test recordings: the word said by the test speakers
+(a third of the words), the base run's test-split keywords and other words, over its
+background noise. Recall of the word, and its false accepts per hour (its events
+anywhere else); with `--keep-keywords` also the recall of the base keywords, against
+the base job's on the same recordings. Prints a row per word and count and the mean per
+count; writes W/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import pathlib
+import statistics
+import sys
+from typing import Optional
+
+from pipelines.errors import import_tensorflow_quietly
+
+import_tensorflow_quietly()
+
+from pipelines import audio, contract, dataset, events  # noqa: E402
+from pipelines.errors import run_cli  # noqa: E402
+from trainer import calibrate, detection, enroll, scoring, streams  # noqa: E402
+
+
+def speakers_of(folder: pathlib.Path) -> dict[str, list[pathlib.Path]]:
+    clips: dict[str, list[pathlib.Path]] = {}
+    for path in sorted(folder.glob("*")):
+        if path.suffix.lower() in audio.EXTENSIONS or path.name.endswith(".wav.wav"):
+            clips.setdefault(dataset.speaker_id(str(path)), []).append(path)
+    return clips
+
+
+def split_speakers(clips: dict[str, list], test_clips: int) -> tuple[list, dict]:
+    """(test clips, enrolment clips by speaker): test speakers first in hash order."""
+    order = sorted(clips, key=lambda s: hashlib.sha1(s.encode()).hexdigest())
+    test, enrol = [], {}
+    for speaker in order:
+        if len(test) < test_clips:
+            test += clips[speaker]
+        else:
+            enrol[speaker] = clips[speaker]
+    return test, enrol
+
+
+def pick(enrol: dict[str, list], count: int) -> list:
+    """`count` clips, one per speaker in turn."""
+    chosen, round_ = [], 0
+    while len(chosen) < count:
+        added = False
+        for speaker in sorted(enrol):
+            if round_ < len(enrol[speaker]) and len(chosen) < count:
+                chosen.append(enrol[speaker][round_])
+                added = True
+        if not added:
+            break
+        round_ += 1
+    return chosen
+
+
+def test_streams(word: str, clips: list, data_dir: str, minutes: float, seed: int) -> list:
+    """Recordings where the word is a third of the words said, among the base run's test
+    keywords and other words, over its background noise."""
+    base_keywords, unknowns = calibrate.split_clips(data_dir, contract.TEST)
+    noises = calibrate.background_recordings(data_dir)
+    word_clips = [(word, audio.pad_or_trim(audio.decode_wav(str(path)))) for path in clips]
+    repeat = max(1, round(len(base_keywords) / 2 / len(word_clips)))
+    said = word_clips * repeat + base_keywords
+    count = max(1, round(minutes / 10))
+    return [streams.build_stream(said, unknowns, noises, minutes * 60 / count, seed + i,
+                                 unknown_percent=25) for i in range(count)]
+
+
+def measure(job_dir: str, generated: list, word: str, base_keywords: list[str]) -> dict:
+    """The word's recall and false accepts per hour, and the base keywords' recall."""
+    scorer = scoring.Scorer(job_dir)
+    config = scoring.read_config(scorer)
+    scored = calibrate.score_streams(generated, scorer, config)
+    result = {}
+    if word in scorer.labels:
+        only = {label: (value if label == word else 2.0)
+                for label, value in config.thresholds.items()}
+        metrics = detection.evaluate(scored, scorer.labels,
+                                     dataclasses.replace(config, thresholds=only))
+        result.update({"recall": metrics["recall_per_keyword"].get(word, 0.0),
+                       "false_accepts_per_hour": metrics["false_accepts_per_hour"]})
+    kept = [k for k in base_keywords if k in config.thresholds]
+    if kept:
+        only = {label: (value if label in kept else 2.0)
+                for label, value in config.thresholds.items()}
+        metrics = detection.evaluate(scored, scorer.labels,
+                                     dataclasses.replace(config, thresholds=only))
+        said = metrics["recall_per_keyword"]
+        result["base_keywords_recall"] = statistics.fmean(said.get(k, 0.0) for k in kept)
+    return result
+
+
+def run(argv: Optional[list[str]] = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.enroll",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base-job", required=True)
+    parser.add_argument("--data-dir", required=True, help="the base job's preprocessing run")
+    parser.add_argument("--words", required=True, help="a folder of <word>/ clip folders")
+    parser.add_argument("--work-dir", required=True)
+    parser.add_argument("--counts", type=int, nargs="+", default=[3, 5, 10, 20])
+    parser.add_argument("--test-clips", type=int, default=10,
+                        help="clips of test speakers per word (at least)")
+    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--keep-keywords", action="store_true")
+    parser.add_argument("--fine-tune", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    work = pathlib.Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    base_keywords = events.keywords_of(scoring.Scorer(args.base_job).labels)
+    results = []
+    for folder in sorted(p for p in pathlib.Path(args.words).iterdir() if p.is_dir()):
+        word = folder.name
+        test, enrol = split_speakers(speakers_of(folder), args.test_clips)
+        available = sum(len(clips) for clips in enrol.values())
+        generated = test_streams(word, test, args.data_dir, args.minutes, args.seed)
+        base = measure(args.base_job, generated, word, base_keywords) \
+            if args.keep_keywords else {}
+        for count in args.counts:
+            if count > available:
+                print(f"{word}: {available} enrolment clips, fewer than {count}: skipped")
+                continue
+            job = work / f"{word}-{count}"
+            flags = ["--keep-keywords"] if args.keep_keywords else []
+            if args.fine_tune:
+                flags += ["--fine-tune", str(args.fine_tune)]
+            chosen = pick(enrol, count)
+            enrolled = enroll.run(["--base-job", args.base_job, "--data-dir", args.data_dir,
+                                   "--keyword", word, "--recordings", *map(str, chosen),
+                                   "--job-dir", str(job), "--no-report", *flags])
+            row = {"word": word, "count": count, "test_clips": len(test),
+                   "test_speakers": len({dataset.speaker_id(str(p)) for p in test}),
+                   "estimate": enrolled["estimate"],
+                   **measure(str(job), generated, word, base_keywords)}
+            if base:
+                row["base_job_keywords_recall"] = base["base_keywords_recall"]
+            results.append(row)
+            print(f"{word:6s} {count:3d} recordings: recall {row['recall']:.3f}, "
+                  f"{row['false_accepts_per_hour']:.1f} false accepts per hour (estimated "
+                  f"on held-back recordings: {row['estimate']['recall']:.2f}, "
+                  f"{row['estimate']['false_accepts_per_hour']:.1f})"
+                  + (f"; base keywords recall {row['base_keywords_recall']:.3f} against the "
+                     f"base job's {row['base_job_keywords_recall']:.3f}" if base else ""),
+                  flush=True)
+    summary = {}
+    for count in args.counts:
+        rows = [row for row in results if row["count"] == count]
+        if not rows:
+            continue
+        summary[count] = {key: statistics.fmean(row[key] for row in rows)
+                          for key in ("recall", "false_accepts_per_hour")
+                          + (("base_keywords_recall", "base_job_keywords_recall")
+                             if args.keep_keywords else ())}
+        summary[count]["words"] = len(rows)
+        print(f"mean of {len(rows)} words, {count} recordings: recall "
+              f"{summary[count]['recall']:.3f}, {summary[count]['false_accepts_per_hour']:.1f}"
+              " false accepts per hour")
+    (work / "results.json").write_text(json.dumps({"rows": results, "mean": summary},
+                                                  indent=2) + "\n")
+    return {"rows": results, "mean": summary}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run_cli(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,522 @@
+"""Your own keyword from a few recordings: a detector for a new word in minutes.
+
+    python -m trainer.enroll --base-job JOB --keyword hello --recordings a.wav b.wav ... \\
+        --job-dir NEWJOB [--keep-keywords] [--max-false-accepts-per-hour 2]
+
+1. **Utterances.** Each recording (any format and rate the other commands read) is
+   one-second clip of the word, or a longer recording where it is said several times:
+   the utterances are cut where the short-time energy rises above the recording's own
+   noise floor (`cut_utterances`), and each becomes the second of audio around it.
+   What was cut is printed and kept in metrics.json.
+2. **Held back.** About a third of the utterances, by speaker where the file names say
+   who spoke (`<speaker>_nohash_<n>`), else by file, else (one file) the last ones, are
+   held back to choose the threshold.
+3. **Training.** The base job's network, frozen, turns every clip into its
+   embedding (the input of its classifier); a new classifier is trained on: the kept
+   utterances, each replayed many times with the training augmentation (speed, shift,
+   background noise, microphone response, frequency warp); the base job's training split
+   as negatives (its `_unknown_`, synthetic speech included where the run has it, and
+   `_silence_`; its keywords too, as `_unknown_`, unless `--keep-keywords`, which keeps
+   them as keywords). `--fine-tune` then trains the whole network a few epochs more.
+4. **The operating point.** Long recordings of the held-back utterances among the base
+   run's val words and background noise are scored; the threshold is the highest recall
+   with at most `--max-false-accepts-per-hour` (with `--keep-keywords` the base keywords
+   keep theirs).
+
+NEWJOB is a job like any other (`export/` with SavedModel, LiteRT files and
+detection.json, labels.txt, metrics.json, report.html): `trainer.detect`,
+`pipelines.detect`, `trainer.predict` and `trainer.live` run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from typing import NamedTuple, Optional
+
+from pipelines.errors import import_tensorflow_quietly
+
+import_tensorflow_quietly()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from pipelines import audio, claim, contract, dataset, events, inputs  # noqa: E402
+from pipelines.errors import UserError, run_cli  # noqa: E402
+from trainer import (artifacts, augment, calibrate, data, detection, export, features,  # noqa: E402
+                     models, scoring, streams)
+from trainer.litert import export as litert_export  # noqa: E402
+from trainer.report import page, writer  # noqa: E402
+
+MIN_UTTERANCES = 3
+MAX_RECORDINGS = 50
+HELD_SHARE = 1 / 3
+REPLAYS = 80  # augmented copies of each kept utterance
+FRAME_S, HOP_S = 0.03, 0.01  # the energy envelope
+MIN_SPEECH_S, MAX_GAP_S, PAD_S = 0.12, 0.25, 0.05
+MIN_RANGE_DB = 10.0  # speech must rise this far above the recording's quietest tenth
+WORD_RANGE_DB = 20.0  # a word: its frames within this much of its loudest
+STREAM_MINUTES = 60.0
+HEAD_EPOCHS = 60
+
+
+class Utterance(NamedTuple):
+    path: str
+    speaker: str
+    start_s: float
+    end_s: float
+    clip: np.ndarray  # float32 [16000], the second around it
+
+
+class Progress:
+    """Says what it is doing, with the time taken so far."""
+
+    def __init__(self):
+        self.started = time.monotonic()
+
+    def __call__(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.started:5.1f} s] {text}", flush=True)
+
+
+# --- utterances ------------------------------------------------------------------------
+
+def energy_db(samples: np.ndarray, rate: int = contract.SAMPLE_RATE) -> np.ndarray:
+    """Short-time energy in dB, a FRAME_S frame every HOP_S."""
+    frame, hop = int(FRAME_S * rate), int(HOP_S * rate)
+    if len(samples) < frame:
+        samples = np.pad(samples, (0, frame - len(samples)))
+    count = 1 + (len(samples) - frame) // hop
+    frames = np.lib.stride_tricks.sliding_window_view(samples, frame)[::hop][:count]
+    return 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-10)
+
+
+def cut_utterances(samples: np.ndarray, rate: int = contract.SAMPLE_RATE
+                   ) -> list[tuple[float, float]]:
+    """(start, end) seconds of each stretch of speech in a recording.
+
+    Frames louder than the recording's noise floor (its quietest tenth) by more than a
+    third of its dynamic range, and at least 6 dB, are speech; stretches less than
+    MAX_GAP_S apart are one utterance, trimmed to the frames within WORD_RANGE_DB of its
+    loudest; shorter than MIN_SPEECH_S are dropped, and each is widened by PAD_S. A recording without MIN_RANGE_DB between its floor and its peaks
+    holds no speech: [].
+    """
+    energy = energy_db(samples, rate)
+    floor, peak = np.percentile(energy, 10), np.percentile(energy, 99)
+    if peak - floor < MIN_RANGE_DB:
+        return []
+    active = energy > floor + max(6.0, (peak - floor) / 3)
+    found, start = [], None
+    for index, loud in enumerate(np.append(active, False)):
+        if loud and start is None:
+            start = index
+        elif not loud and start is not None:
+            found.append([start * HOP_S, index * HOP_S + FRAME_S])
+            start = None
+    merged: list[list[float]] = []
+    for segment in found:
+        if merged and segment[0] - merged[-1][1] < MAX_GAP_S:
+            merged[-1][1] = segment[1]
+        else:
+            merged.append(segment)
+    duration = len(samples) / rate
+    cuts = []
+    for begin, end in merged:
+        # Within a stretch, the word is where it comes within WORD_RANGE_DB of the
+        # stretch's loudest frame: breath and room noise around it fall away.
+        first, last = int(round(begin / HOP_S)), int(round((end - FRAME_S) / HOP_S))
+        part = energy[first:last + 1]
+        loud = np.flatnonzero(part >= part.max() - WORD_RANGE_DB)
+        begin, end = (first + loud[0]) * HOP_S, (first + loud[-1]) * HOP_S + FRAME_S
+        if end - begin >= MIN_SPEECH_S:
+            cuts.append((round(max(0.0, begin - PAD_S), 3), round(min(duration, end + PAD_S), 3)))
+    return cuts
+
+
+def second_around(samples: np.ndarray, start_s: float, end_s: float) -> np.ndarray:
+    """The second of the recording centred on an utterance (zeros past its ends)."""
+    half = contract.CLIP_SAMPLES // 2
+    centre = int((start_s + end_s) / 2 * contract.SAMPLE_RATE)
+    padded = np.pad(samples, (half, half))
+    return padded[centre:centre + contract.CLIP_SAMPLES].astype(np.float32)
+
+
+def read_utterances(paths: list[str], say: Progress) -> tuple[list[Utterance], list[dict]]:
+    """Every utterance of the recordings, and what was found in each (for metrics.json).
+
+    A recording that cannot be decoded, holds no speech or only a scrap of it gets a
+    line and is left out; the others go on.
+    """
+    utterances, report = [], []
+    for path in paths:
+        name = inputs.printable(path)
+        try:
+            with scoring.open_recording(path) as handle:
+                samples = audio.decode_wav(handle)
+        except (audio.AudioError, OSError, tf.errors.OpError) as error:
+            reason = getattr(error, "message", None) or str(error)
+            say(f"{name}: left out ({reason.splitlines()[0]})")
+            report.append({"path": name, "utterances": [], "reason": reason.splitlines()[0]})
+            continue
+        cuts = cut_utterances(samples)
+        if not cuts:
+            reason = "no speech found" if len(samples) >= contract.SAMPLE_RATE * MIN_SPEECH_S \
+                else f"too short ({len(samples) / contract.SAMPLE_RATE:.2f} s)"
+            say(f"{name}: left out ({reason})")
+            report.append({"path": name, "utterances": [], "reason": reason})
+            continue
+        speaker = dataset.speaker_id(path)
+        for start, end in cuts:
+            utterances.append(Utterance(name, speaker, start, end,
+                                        second_around(samples, start, end)))
+        say(f"{name}: {len(cuts)} utterance(s) at "
+            + ", ".join(f"{start:.2f}-{end:.2f} s" for start, end in cuts))
+        report.append({"path": name, "utterances": [[start, end] for start, end in cuts]})
+    return utterances, report
+
+
+def hold_back(utterances: list[Utterance], share: float = HELD_SHARE
+              ) -> tuple[list[Utterance], list[Utterance], str]:
+    """(kept for training, held back for the threshold, how they were split)."""
+    for key, how in ((lambda u: u.speaker, "speaker"), (lambda u: u.path, "file")):
+        groups = sorted({key(u) for u in utterances})
+        if len(groups) >= 2:
+            count = min(len(groups) - 1, max(1, round(len(groups) * share)))
+            held = set(groups[-count:])
+            return ([u for u in utterances if key(u) not in held],
+                    [u for u in utterances if key(u) in held], how)
+    count = min(len(utterances) - 1, max(1, round(len(utterances) * share)))
+    return utterances[:-count], utterances[-count:], "utterance"
+
+
+# --- training ----------------------------------------------------------------------------
+
+def feature_extractor(net: keras.Model) -> keras.Model:
+    """The base network up to its classifier's input (frozen)."""
+    classifier = net.layers[-1]
+    if not isinstance(classifier, keras.layers.Dense):
+        raise UserError("the base job's model does not end in a classifier layer; enrol "
+                        "on a job of the kws or tutorial model")
+    extractor = keras.Model(net.inputs[0], classifier.input, name="features")
+    extractor.trainable = False
+    return extractor
+
+
+def with_new_head(net: keras.Model, num_labels: int) -> keras.Model:
+    """The base network with a new classifier over `num_labels` (same name, "logits")."""
+    features_out = net.layers[-1].input
+    logits = keras.layers.Dense(num_labels, name=net.layers[-1].name)(features_out)
+    model = keras.Model(net.inputs[0], logits, name=f"{net.name}_enrolled")
+    for layer in model.layers[:-1]:
+        layer.trainable = False
+    return model
+
+
+def replay(clips: np.ndarray, count: int, bank, settings: augment.Augmentation,
+           seed: int) -> np.ndarray:
+    """|STFT| of `count` augmented copies of each clip (the training augmentation)."""
+    out = []
+    for copy in range(count):
+        batch = tf.constant(clips)
+        pair = tf.constant([seed, copy], tf.int64)
+        waveform = augment.augment_waveform(batch, bank, pair, settings)
+        out.append(augment.augment_spectrum(features.stft_magnitude(waveform), pair,
+                                            settings).numpy())
+    return np.concatenate(out)
+
+
+def negatives(data_dir: str, labels: list[str], bank, settings: augment.Augmentation,
+              seed: int, transform) -> tuple[np.ndarray, np.ndarray]:
+    """The base run's training clips, each as stored and once more augmented, through
+    `transform` (|STFT| batch -> what to keep: embeddings, or the |STFT| itself), with
+    their index among the new `labels` (a label it does not have: `_unknown_`)."""
+    files = data.shard_files(data_dir, contract.TRAIN)
+    kept, targets = [], []
+    batches = data.make_dataset(files, 256, False, waveform=True, keep_features=True)
+    for number, batch in enumerate(batches):
+        names = [name.decode() for name in batch[contract.LABEL_NAME].numpy()]
+        index = [labels.index(name) if name in labels else labels.index(
+            events.UNKNOWN_LABEL) for name in names]
+        pair = tf.constant([seed, 10_000 + number], tf.int64)
+        augmented = augment.augment_spectrum(features.stft_magnitude(
+            augment.augment_waveform(batch[contract.WAVEFORM], bank, pair, settings)), pair,
+            settings)
+        kept += [transform(batch[contract.SPECTROGRAM]), transform(augmented)]
+        targets += [index, index]
+    return np.concatenate(kept), np.concatenate(targets).astype(np.int64)
+
+
+def embedder(extractor: keras.Model):
+    """|STFT| batch -> the frozen network's embeddings (numpy)."""
+    return lambda spectra: np.concatenate([
+        extractor(spectra[start:start + 256], training=False).numpy()
+        for start in range(0, len(spectra), 256)])
+
+
+def class_weights(targets: np.ndarray, count: int) -> dict:
+    """Weights that give every label the same total weight."""
+    counts = np.bincount(targets, minlength=count).astype(np.float64)
+    return {i: float(len(targets) / (count * c)) if c else 0.0 for i, c in enumerate(counts)}
+
+
+def train_head(model: keras.Model, embedded: np.ndarray, targets: np.ndarray,
+               seed: int) -> dict:
+    """Trains the new classifier on the frozen network's embeddings; its history."""
+    head = model.layers[-1]
+    inputs_ = keras.Input(embedded.shape[1:])
+    trainer = keras.Model(inputs_, head(inputs_))
+    trainer.compile(optimizer=keras.optimizers.Adam(3e-3),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    metrics=["accuracy"])
+    keras.utils.set_random_seed(seed)
+    fitted = trainer.fit(embedded, targets, epochs=HEAD_EPOCHS, batch_size=256,
+                         class_weight=class_weights(targets, head.units), verbose=0,
+                         shuffle=True)
+    return {key: [float(v) for v in values] for key, values in fitted.history.items()}
+
+
+def fine_tune(model: keras.Model, spectra: np.ndarray, targets: np.ndarray, epochs: int,
+              seed: int) -> dict:
+    """Trains the whole network (batch normalisation kept frozen) a few epochs more."""
+    for layer in model.layers:
+        layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+    weights = class_weights(targets, model.output_shape[-1])
+    model.compile(optimizer=keras.optimizers.Adam(3e-4),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    keras.utils.set_random_seed(seed)
+    fitted = model.fit(spectra, targets, epochs=epochs, batch_size=64, class_weight=weights,
+                       verbose=0, shuffle=True)
+    return {key: [float(v) for v in values] for key, values in fitted.history.items()}
+
+
+# --- the operating point -----------------------------------------------------------------
+
+def held_streams(held: list[Utterance], keyword: str, data_dir: str, keep_keywords: bool,
+                 minutes: float, seed: int) -> list:
+    """Recordings of the held-back utterances among the base run's val words over its
+    background noise (the base keywords as other words, or as keywords with
+    `keep_keywords`)."""
+    base_keywords, unknowns = calibrate.split_clips(data_dir, contract.VAL)
+    noises = calibrate.background_recordings(data_dir)
+    others = list(unknowns)
+    said = [(keyword, u.clip) for u in held]
+    if keep_keywords:
+        said += base_keywords
+    else:
+        others += [clip for _, clip in base_keywords]
+    count = max(1, math.ceil(minutes / 10))
+    return [streams.build_stream(said, others, noises, minutes * 60 / count, seed + i,
+                                 unknown_percent=50 if keep_keywords else 85)
+            for i in range(count)]
+
+
+def choose_point(scorer: scoring.Scorer, generated: list, keyword: str, base: events.Config,
+                 budget: float, keep_keywords: bool) -> tuple[events.Config, dict]:
+    """The new keyword's threshold: the highest recall on the held-back utterances within
+    `budget` false accepts per hour of its own; the other keywords keep theirs."""
+    scored = calibrate.score_streams(generated, scorer, base)
+    rows = []
+    for threshold in detection.THRESHOLD_GRID:
+        thresholds = {label: 2.0 for label in base.thresholds}  # others never fire here
+        thresholds[keyword] = threshold
+        metrics = detection.evaluate(scored, scorer.labels,
+                                     dataclasses.replace(base, thresholds=thresholds))
+        rows.append({"threshold": threshold, "recall": metrics["recall_per_keyword"].get(
+            keyword, 0.0), "false_accepts_per_hour": metrics["false_accepts_per_hour"]})
+    row = detection.best_row(rows, budget)
+    thresholds = dict(base.thresholds)
+    thresholds[keyword] = row["threshold"]
+    hours = sum(s.num_samples for s in scored) / contract.SAMPLE_RATE / 3600
+    config = dataclasses.replace(base, thresholds=thresholds, chosen_on={
+        "max_false_accepts_per_hour": budget, "hours": round(hours, 4),
+        "recall": row["recall"], "false_accepts_per_hour": row["false_accepts_per_hour"],
+        "split": "held-back recordings", "streams": len(generated)})
+    return config, {"det_curve": rows, "estimate": row}
+
+
+# --- command line --------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer.enroll",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base-job", default=scoring.SHIPPED_MODEL_DIR,
+                        help="a trained job (default: the detector that comes with the "
+                             "repository); its preprocessing run gives the negatives")
+    parser.add_argument("--data-dir", default=None,
+                        help="the base job's preprocessing run (default: the one its "
+                             "metrics.json names)")
+    parser.add_argument("--keyword", required=True, help="the new word's label")
+    parser.add_argument("--recordings", nargs="+", required=True, metavar="FILE",
+                        help=f"{MIN_UTTERANCES} to {MAX_RECORDINGS} recordings of it")
+    parser.add_argument("--job-dir", required=True, help="where the new job goes")
+    parser.add_argument("--keep-keywords", action="store_true",
+                        help="detect the base job's keywords too")
+    parser.add_argument("--replace", action="store_true",
+                        help="allow a --keyword that is already a label of the base job "
+                             "(its recordings replace that label's clips)")
+    parser.add_argument("--max-false-accepts-per-hour", type=float, default=2.0,
+                        help="false-accept budget of the threshold (default 2)")
+    parser.add_argument("--fine-tune", type=int, default=0, metavar="EPOCHS",
+                        help="also train the whole network this many epochs (default 0: "
+                             "the frozen network with a new classifier)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--no-report", dest="report", action="store_false")
+    return parser
+
+
+def run(argv: Optional[list[str]] = None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    say = Progress()
+    keyword = args.keyword.strip()
+    if not keyword or keyword.startswith("_") or "/" in keyword or keyword != args.keyword:
+        raise UserError(f"--keyword {args.keyword!r}: a label is a word without spaces at "
+                        "its ends, '/', or a leading '_'")
+    if len(args.recordings) > MAX_RECORDINGS:
+        raise UserError(f"{len(args.recordings)} recordings: at most {MAX_RECORDINGS}")
+    if not args.max_false_accepts_per_hour > 0:
+        raise UserError("--max-false-accepts-per-hour must be positive")
+    base_labels = artifacts.read_model_labels(args.base_job)
+    if keyword in base_labels and not args.replace:
+        raise UserError(f"{args.base_job}: {keyword!r} is already one of its labels; pass "
+                        "--replace to learn it from these recordings instead")
+    if events.UNKNOWN_LABEL not in base_labels:
+        raise UserError(f"{args.base_job}: no {events.UNKNOWN_LABEL} class: enrol on a "
+                        "keyword-spotting job (preprocessed with --unknown-percent)")
+    data_dir = args.data_dir or artifacts.read_job_metrics(args.base_job).get(
+        "settings", {}).get("data_dir")
+    if not data_dir:
+        raise UserError(f"{args.base_job}: its metrics.json names no preprocessing run; "
+                        "give --data-dir")
+    metadata = data.read_metadata(data_dir)
+    if not metadata.waveforms:
+        raise UserError(f"{data_dir}: no stored waveforms (preprocess without --no-waveforms)")
+    say(f"reading {len(args.recordings)} recording(s) of {keyword!r}")
+    utterances, found = read_utterances(args.recordings, say)
+    if len(utterances) < MIN_UTTERANCES:
+        raise UserError(f"{len(utterances)} usable utterance(s) of {keyword!r} in "
+                        f"{len(args.recordings)} recording(s); at least {MIN_UTTERANCES} "
+                        "are needed (see the lines above)")
+    job_dir = args.job_dir.rstrip("/")
+    with claim.Claim(job_dir, "python -m trainer.enroll"):
+        return _enroll(args, keyword, base_labels, data_dir, utterances, found, job_dir, say)
+
+
+def _enroll(args, keyword, base_labels, data_dir, utterances, found, job_dir, say) -> dict:
+    kept, held, how = hold_back(utterances)
+    say(f"{len(utterances)} utterances: {len(kept)} to learn from, {len(held)} held back "
+        f"(by {how}) to choose the threshold")
+    if args.keep_keywords:
+        labels = sorted(set(base_labels) | {keyword})
+    else:
+        labels = sorted({events.UNKNOWN_LABEL, keyword}
+                        | ({events.SILENCE_LABEL} & set(base_labels)))
+    model_name = artifacts.job_model_name(args.base_job)
+    recipe = models.get_recipe(model_name)
+    settings = recipe.augmentation or augment.Augmentation(
+        max_speed_change=0.1, max_shift=1600, noise_share=0.8, snr_db_range=(5.0, 25.0),
+        filter_share=0.5, lowpass_hz=(1000.0, 8000.0), highpass_hz=(50.0, 400.0),
+        warp_share=0.5, max_warp=0.1)
+    bank = data.background_bank(data_dir)
+    net = artifacts.load_keras_model(args.base_job)
+    model = with_new_head(net, len(labels))
+    # The frozen network's embeddings are all the new classifier needs; fine-tuning the
+    # whole network needs the |STFT| itself.
+    transform = (lambda spectra: np.asarray(spectra)) if args.fine_tune else \
+        embedder(feature_extractor(net))
+    say("the base run's training clips as negatives")
+    kept_x, kept_y = negatives(data_dir, labels, bank, settings, args.seed, transform)
+    if args.replace:
+        keep = kept_y != labels.index(keyword)
+        kept_x, kept_y = kept_x[keep], kept_y[keep]
+    say(f"replaying {len(kept)} utterances {REPLAYS} times each")
+    positives = transform(replay(np.stack([u.clip for u in kept]), REPLAYS, bank, settings,
+                                 args.seed))
+    inputs_ = np.concatenate([kept_x, positives])
+    targets = np.concatenate([kept_y, np.full(len(positives), labels.index(keyword))])
+    say(f"training the new classifier on {len(targets)} clips ({len(positives)} of "
+        f"{keyword!r})")
+    extractor = feature_extractor(net)
+    embedded = embedder(extractor)(inputs_) if args.fine_tune else inputs_
+    history = train_head(model, embedded, targets, args.seed)
+    if args.fine_tune:
+        say(f"fine-tuning the whole network for {args.fine_tune} epochs")
+        history.update({f"fine_tune_{k}": v for k, v in fine_tune(
+            model, inputs_, targets, args.fine_tune, args.seed).items()})
+    scorer = scoring.Scorer.of_keras(model, labels)
+    base_config = events.default_config(labels)
+    stored = scoring.read_config(scoring.Scorer(args.base_job))
+    if stored is not None:  # the base job's smoothing, and its keywords' thresholds
+        base_config = dataclasses.replace(stored, thresholds={
+            **{k: v for k, v in stored.thresholds.items() if k in base_config.thresholds},
+            keyword: events.DEFAULT_THRESHOLD}, chosen_on=None)
+    say(f"choosing the threshold on {STREAM_MINUTES:g} min of recordings of the held-back "
+        "utterances among the base run's val words")
+    generated = held_streams(held, keyword, data_dir, args.keep_keywords, STREAM_MINUTES,
+                             args.seed)
+    config, chosen = choose_point(scorer, generated, keyword, base_config,
+                                  args.max_false_accepts_per_hour, args.keep_keywords)
+    estimate = chosen["estimate"]
+    say(f"threshold {estimate['threshold']}: estimated recall {estimate['recall']:.2f} at "
+        f"{estimate['false_accepts_per_hour']:.1f} false accepts per hour")
+    return write(job_dir, model, model_name, labels, data_dir, config, chosen, history,
+                 {"keyword": keyword, "base_job": args.base_job, "data_dir": data_dir,
+                  "keep_keywords": args.keep_keywords, "fine_tune_epochs": args.fine_tune,
+                  "recordings": found, "held_back": {
+                      "by": how, "utterances": [[u.path, u.start_s, u.end_s] for u in held]},
+                  "learnt_from": [[u.path, u.start_s, u.end_s] for u in kept],
+                  "replays": REPLAYS}, held, args, say)
+
+
+def write(job_dir, model, model_name, labels, data_dir, config, chosen, history, enrolment,
+          held, args, say) -> dict:
+    """The new job's files (as `trainer.job` writes a trained one's)."""
+    say("writing the job: model, SavedModel, LiteRT files, detection.json, report")
+    tf.io.gfile.makedirs(job_dir)
+    model.save(f"{job_dir}/model.keras")
+    serving = models.get_recipe(model_name).serving_model(model)
+    export_dir = export.export_model(serving, labels, f"{job_dir}/{contract.EXPORT_DIR}")
+    litert_export.export_run(serving, labels, export_dir, data_dir, seed=args.seed)
+    calibrate.write_config(export_dir, config)
+    with tf.io.gfile.GFile(f"{job_dir}/{contract.LABELS_FILE}", "w") as handle:
+        handle.write(contract.format_labels(labels))
+    probabilities = scoring.Scorer.of_keras(model, labels)(np.stack([u.clip for u in held]))
+    predicted = probabilities.argmax(axis=1)
+    truth = np.full(len(held), labels.index(enrolment["keyword"]))
+    loss = float(-np.mean(np.log(probabilities[np.arange(len(held)), truth] + 1e-12)))
+    from trainer.report import metrics as classification  # pylint: disable=C0415
+    scores = classification.classification_metrics(truth, predicted, labels)
+    metrics = {
+        "model": model_name, "parameters": int(model.count_params()), "labels": labels,
+        "test_accuracy": float(scores["accuracy"]), "test_loss": loss,
+        "test_examples": len(held), "split": "held-back utterances",
+        "per_class": scores["per_class"], "confusion_matrix": scores["confusion_matrix"],
+        "settings": {"model": model_name, "data_dir": data_dir, "seed": args.seed,
+                     "enrolled": enrolment["keyword"]},
+        "export_dir": export_dir, "enrolment": enrolment,
+        "operating_point": events.config_to_dict(config),
+        "estimate": chosen["estimate"], "held_back_det_curve": chosen["det_curve"]}
+    writer.write_json(f"{job_dir}/metrics.json", metrics)
+    writer.write_json(f"{job_dir}/history.json", history)
+    if args.report:
+        examples = [{"waveform": u.clip, "spectrogram": features.stft_magnitude(
+            tf.constant(u.clip[None, :])).numpy()[0], "label": enrolment["keyword"],
+            "path": u.path} for u in held[:9]]
+        page.write_report(job_dir, metrics=metrics, history=history, labels=labels,
+                          examples=examples, prediction={
+                              "path": held[0].path, "label": enrolment["keyword"],
+                              "probabilities": probabilities[0].tolist()})
+    say(f"done: {job_dir} (python -m trainer.detect --model-dir {job_dir} FILE)")
+    return metrics
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run_cli(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
