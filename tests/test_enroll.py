@@ -12,7 +12,7 @@ from pipelines import contract, preprocess
 from pipelines.errors import UserError
 from tests import wavs
 from pipelines import synthesize
-from trainer import detect, enroll, predict, scoring, streams
+from trainer import detect, enroll, predict, scoring, streams, utterances
 
 RATE = contract.SAMPLE_RATE
 WORD = "seven"  # a word the base job never heard: said by eSpeak NG's voices here
@@ -70,7 +70,7 @@ def test_a_long_recording_is_cut_where_the_word_is_said(tmp_path):
         begin, end = speech_extent(clip)
         truth.append((start / RATE + begin, start / RATE + end))
     recording = streams.mix_stream(14 * RATE, placements, noise).audio
-    cuts = enroll.cut_utterances(recording)
+    cuts = utterances.cut_utterances(recording)
     assert len(cuts) == 5
     for (start, end), (begin, finish) in zip(cuts, truth):
         assert abs(start - begin) <= 0.1 and abs(end - finish) <= 0.1, (cuts, truth)

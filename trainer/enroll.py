@@ -4,7 +4,7 @@
         --job-dir NEWJOB [--keep-keywords] [--max-false-accepts-per-hour 2]
 
 1. **Utterances.** Each recording (any format and rate the other commands read) is
-   one-second clip of the word, or a longer recording where it is said several times:
+   a one-second clip of the word, or a longer recording where it is said several times:
    the utterances are cut where the short-time energy rises above the recording's own
    noise floor (`cut_utterances`), and each becomes the second of audio around it.
    What was cut is printed and kept in metrics.json.
@@ -35,7 +35,7 @@ import dataclasses
 import math
 import sys
 import time
-from typing import NamedTuple, Optional
+from typing import Optional
 
 from pipelines.errors import import_tensorflow_quietly
 
@@ -45,31 +45,25 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipelines import audio, claim, contract, dataset, events, inputs  # noqa: E402
+from pipelines import audio, claim, contract, events  # noqa: E402
 from pipelines.errors import UserError, run_cli  # noqa: E402
 from trainer import (artifacts, augment, calibrate, data, detection, export, features,  # noqa: E402
                      models, scoring, streams)
+from trainer.utterances import Utterance, hold_back, read_utterances  # noqa: E402
 from trainer.litert import export as litert_export  # noqa: E402
 from trainer.report import page, writer  # noqa: E402
 
 MIN_UTTERANCES = 3
 MAX_RECORDINGS = 50
-HELD_SHARE = 1 / 3
 REPLAYS = 80  # augmented copies of each kept utterance
-FRAME_S, HOP_S = 0.03, 0.01  # the energy envelope
-MIN_SPEECH_S, MAX_GAP_S, PAD_S = 0.12, 0.25, 0.05
-MIN_RANGE_DB = 10.0  # speech must rise this far above the recording's quietest tenth
-WORD_RANGE_DB = 20.0  # a word: its frames within this much of its loudest
 STREAM_MINUTES = 60.0
 HEAD_EPOCHS = 60
 
 
-class Utterance(NamedTuple):
-    path: str
-    speaker: str
-    start_s: float
-    end_s: float
-    clip: np.ndarray  # float32 [16000], the second around it
+def decode(path: str) -> np.ndarray:
+    """A recording, local or gs://, as float32 samples at 16 kHz."""
+    with scoring.open_recording(path) as handle:
+        return audio.decode_wav(handle)
 
 
 class Progress:
@@ -80,116 +74,6 @@ class Progress:
 
     def __call__(self, text: str) -> None:
         print(f"[{time.monotonic() - self.started:5.1f} s] {text}", flush=True)
-
-
-# --- utterances ------------------------------------------------------------------------
-
-def energy_db(samples: np.ndarray, rate: int = contract.SAMPLE_RATE) -> np.ndarray:
-    """Short-time energy in dB, a FRAME_S frame every HOP_S."""
-    frame, hop = int(FRAME_S * rate), int(HOP_S * rate)
-    if len(samples) < frame:
-        samples = np.pad(samples, (0, frame - len(samples)))
-    count = 1 + (len(samples) - frame) // hop
-    frames = np.lib.stride_tricks.sliding_window_view(samples, frame)[::hop][:count]
-    return 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-10)
-
-
-def cut_utterances(samples: np.ndarray, rate: int = contract.SAMPLE_RATE
-                   ) -> list[tuple[float, float]]:
-    """(start, end) seconds of each stretch of speech in a recording.
-
-    Frames louder than the recording's noise floor (its quietest tenth) by more than a
-    third of its dynamic range, and at least 6 dB, are speech; stretches less than
-    MAX_GAP_S apart are one utterance, trimmed to the frames within WORD_RANGE_DB of its
-    loudest; shorter than MIN_SPEECH_S are dropped, and each is widened by PAD_S. A recording without MIN_RANGE_DB between its floor and its peaks
-    holds no speech: [].
-    """
-    energy = energy_db(samples, rate)
-    floor, peak = np.percentile(energy, 10), np.percentile(energy, 99)
-    if peak - floor < MIN_RANGE_DB:
-        return []
-    active = energy > floor + max(6.0, (peak - floor) / 3)
-    found, start = [], None
-    for index, loud in enumerate(np.append(active, False)):
-        if loud and start is None:
-            start = index
-        elif not loud and start is not None:
-            found.append([start * HOP_S, index * HOP_S + FRAME_S])
-            start = None
-    merged: list[list[float]] = []
-    for segment in found:
-        if merged and segment[0] - merged[-1][1] < MAX_GAP_S:
-            merged[-1][1] = segment[1]
-        else:
-            merged.append(segment)
-    duration = len(samples) / rate
-    cuts = []
-    for begin, end in merged:
-        # Within a stretch, the word is where it comes within WORD_RANGE_DB of the
-        # stretch's loudest frame: breath and room noise around it fall away.
-        first, last = int(round(begin / HOP_S)), int(round((end - FRAME_S) / HOP_S))
-        part = energy[first:last + 1]
-        loud = np.flatnonzero(part >= part.max() - WORD_RANGE_DB)
-        begin, end = (first + loud[0]) * HOP_S, (first + loud[-1]) * HOP_S + FRAME_S
-        if end - begin >= MIN_SPEECH_S:
-            cuts.append((round(max(0.0, begin - PAD_S), 3), round(min(duration, end + PAD_S), 3)))
-    return cuts
-
-
-def second_around(samples: np.ndarray, start_s: float, end_s: float) -> np.ndarray:
-    """The second of the recording centred on an utterance (zeros past its ends)."""
-    half = contract.CLIP_SAMPLES // 2
-    centre = int((start_s + end_s) / 2 * contract.SAMPLE_RATE)
-    padded = np.pad(samples, (half, half))
-    return padded[centre:centre + contract.CLIP_SAMPLES].astype(np.float32)
-
-
-def read_utterances(paths: list[str], say: Progress) -> tuple[list[Utterance], list[dict]]:
-    """Every utterance of the recordings, and what was found in each (for metrics.json).
-
-    A recording that cannot be decoded, holds no speech or only a scrap of it gets a
-    line and is left out; the others go on.
-    """
-    utterances, report = [], []
-    for path in paths:
-        name = inputs.printable(path)
-        try:
-            with scoring.open_recording(path) as handle:
-                samples = audio.decode_wav(handle)
-        except (audio.AudioError, OSError, tf.errors.OpError) as error:
-            reason = getattr(error, "message", None) or str(error)
-            say(f"{name}: left out ({reason.splitlines()[0]})")
-            report.append({"path": name, "utterances": [], "reason": reason.splitlines()[0]})
-            continue
-        cuts = cut_utterances(samples)
-        if not cuts:
-            reason = "no speech found" if len(samples) >= contract.SAMPLE_RATE * MIN_SPEECH_S \
-                else f"too short ({len(samples) / contract.SAMPLE_RATE:.2f} s)"
-            say(f"{name}: left out ({reason})")
-            report.append({"path": name, "utterances": [], "reason": reason})
-            continue
-        speaker = dataset.speaker_id(path)
-        for start, end in cuts:
-            utterances.append(Utterance(name, speaker, start, end,
-                                        second_around(samples, start, end)))
-        say(f"{name}: {len(cuts)} utterance(s) at "
-            + ", ".join(f"{start:.2f}-{end:.2f} s" for start, end in cuts))
-        report.append({"path": name, "utterances": [[start, end] for start, end in cuts]})
-    return utterances, report
-
-
-def hold_back(utterances: list[Utterance], share: float = HELD_SHARE
-              ) -> tuple[list[Utterance], list[Utterance], str]:
-    """(kept for training, held back for the threshold, how they were split)."""
-    for key, how in ((lambda u: u.speaker, "speaker"), (lambda u: u.path, "file")):
-        groups = sorted({key(u) for u in utterances})
-        if len(groups) >= 2:
-            count = min(len(groups) - 1, max(1, round(len(groups) * share)))
-            held = set(groups[-count:])
-            return ([u for u in utterances if key(u) not in held],
-                    [u for u in utterances if key(u) in held], how)
-    count = min(len(utterances) - 1, max(1, round(len(utterances) * share)))
-    return utterances[:-count], utterances[-count:], "utterance"
 
 
 # --- training ----------------------------------------------------------------------------
@@ -396,7 +280,7 @@ def run(argv: Optional[list[str]] = None) -> dict:
     if not metadata.waveforms:
         raise UserError(f"{data_dir}: no stored waveforms (preprocess without --no-waveforms)")
     say(f"reading {len(args.recordings)} recording(s) of {keyword!r}")
-    utterances, found = read_utterances(args.recordings, say)
+    utterances, found = read_utterances(args.recordings, decode, say)
     if len(utterances) < MIN_UTTERANCES:
         raise UserError(f"{len(utterances)} usable utterance(s) of {keyword!r} in "
                         f"{len(args.recordings)} recording(s); at least {MIN_UTTERANCES} "

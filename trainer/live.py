@@ -117,7 +117,6 @@ class LiveServer:
         self.keywords = events.keywords_of(self.labels)
         self.pool = concurrent.futures.ThreadPoolExecutor(SCORER_THREADS,
                                                           thread_name_prefix="scorer")
-        self.clients = 0
 
     def page_ready(self) -> Optional[str]:
         """Why the in-browser mode cannot run (None when it can)."""
@@ -191,7 +190,6 @@ class LiveServer:
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=HARD_FRAME_BYTES, heartbeat=30.0)
         await ws.prepare(request)
-        self.clients += 1
         session = Session(self.scorer, self.config, self.max_speed)
         loop = asyncio.get_running_loop()
 
@@ -203,22 +201,19 @@ class LiveServer:
                 await ws.close(code=1008, message=b"not reading")
                 return False
 
-        try:
-            await send({"type": "ready", "labels": self.labels, "keywords": self.keywords,
-                        "sample_rate": contract.SAMPLE_RATE, "format": "s16le",
-                        "max_frame_bytes": MAX_FRAME_BYTES,
-                        "config": events.config_to_dict(self.config)})
-            async for message in ws:
-                if message.type == WSMsgType.BINARY:
-                    if not await self._audio(message.data, session, send, loop):
-                        break
-                elif message.type == WSMsgType.TEXT:
-                    if not await self._control(message.data, session, send, loop):
-                        break
-                else:
+        await send({"type": "ready", "labels": self.labels, "keywords": self.keywords,
+                    "sample_rate": contract.SAMPLE_RATE, "format": "s16le",
+                    "max_frame_bytes": MAX_FRAME_BYTES,
+                    "config": events.config_to_dict(self.config)})
+        async for message in ws:
+            if message.type == WSMsgType.BINARY:
+                if not await self._audio(message.data, session, send, loop):
                     break
-        finally:
-            self.clients -= 1
+            elif message.type == WSMsgType.TEXT:
+                if not await self._control(message.data, session, send, loop):
+                    break
+            else:
+                break
         return ws
 
     async def _audio(self, data: bytes, session: Session, send, loop) -> bool:
