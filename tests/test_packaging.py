@@ -195,7 +195,7 @@ def test_flex_template_parameters_are_preprocess_flags():
         argv = launcher.preprocess_argv(required + [f"--{name}={value}"])
         args, unknown = preprocess.build_parser().parse_known_args(argv)
         assert not unknown, (name, argv)
-        assert args.data_dir == "gs://b/in" and args.output_dir == "gs://b/out"
+        assert args.data_dirs == ["gs://b/in"] and args.output_dir == "gs://b/out"
 
     # What the launcher passes: parameters, then Beam's options, left as they are.
     argv = launcher.preprocess_argv([
