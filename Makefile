@@ -1,5 +1,6 @@
 # Two commands on a fresh machine:
-#   make demo   set up, then preprocess + train + evaluate + report on the bundled sample
+#   make demo   set up, then preprocess + train + evaluate + report on the bundled sample,
+#               and detection with the ready detector in models/ on a recording made from it
 #   make test   set up, then run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -22,6 +23,9 @@ demo: setup
 	$(BIN)/python -m trainer.task --data-dir $(RUN)/data --job-dir $(RUN)/job --verbose 2
 	$(BIN)/python -m trainer.evaluate --data-dir $(RUN)/data --job-dir $(RUN)/job --split test
 	$(BIN)/python -m trainer.predict --model-dir $(RUN)/job --top-k 3 $$(ls data/sample/yes/*.wav | head -n 2) data/sample/no/$$(ls data/sample/no | head -n 1)
+	rm -f $(RUN)/long.wav $(RUN)/long.csv   # the demo's own recording of an earlier run
+	$(BIN)/python -m trainer.calibrate recording --data-dir $(RUN)/data --split test --seconds 120 --output $(RUN)/long.wav
+	$(BIN)/python -m trainer.detect $(RUN)/long.wav --truth $(RUN)/long.csv --plot $(RUN)/long.png
 	@echo
 	@echo "Report: $(RUN)/job/report.html"
 
@@ -75,8 +79,8 @@ WORK ?= runs/detector
 SEED ?= 42
 SYNTH_FLAGS ?= --per-keyword 20 --ordinary 200 --voices-per-word 8
 PREPROCESS_FLAGS ?= --unknown-percent 150 --silence-percent 10
-TRAIN_FLAGS ?= --epochs 80 --negative-weight 1 --calibration-minutes 60
-MINE_FLAGS ?= --rounds 2 --minutes 60 --epochs 15 --calibration-minutes 60
+TRAIN_FLAGS ?= --epochs 80 --max-shift-ms 300 --calibration-minutes 60
+MINE_FLAGS ?= --rounds 1 --minutes 60 --epochs 15 --calibration-minutes 60
 detector: setup
 	@if [ -z "$(DATA)" ]; then echo "error: give DATA=DIR, a folder of label folders with" \
 	    "_unknown_ and _background_noise_ (e.g. make detector DATA=data/speech WORK=runs/det)" >&2; \
