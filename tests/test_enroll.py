@@ -157,3 +157,14 @@ def test_a_word_that_is_already_a_label_is_refused_unless_replaced(base, tmp_pat
         enroll.run(["--base-job", str(job), "--data-dir", str(out), "--keyword", "yes",
                     "--recordings", *map(str, wavs.sample_clips("yes", 3)), "--job-dir",
                     str(tmp_path / "new")])
+
+
+def test_the_threshold_is_the_lowest_of_equal_recalls_within_the_budget():
+    from trainer import enroll
+    rows = [{"threshold": 0.5, "recall": 0.67, "false_accepts_per_hour": 5.0},
+            {"threshold": 0.6, "recall": 0.67, "false_accepts_per_hour": 2.0},
+            {"threshold": 0.7, "recall": 0.67, "false_accepts_per_hour": 1.0},
+            {"threshold": 0.8, "recall": 0.33, "false_accepts_per_hour": 0.0}]
+    assert enroll.pick_threshold(rows, 2.0)["threshold"] == 0.6
+    assert enroll.pick_threshold(rows, 0.5)["threshold"] == 0.8
+    assert enroll.pick_threshold(rows[:3], 0.5)["threshold"] == 0.7  # fewest false accepts

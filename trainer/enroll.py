@@ -198,10 +198,23 @@ def held_streams(held: list[Utterance], keyword: str, data_dir: str, keep_keywor
             for i in range(count)]
 
 
+def pick_threshold(rows: list[dict], budget: float) -> dict:
+    """Of the rows within the budget, the highest recall and of those the lowest
+    threshold; with none within it, the fewest false accepts."""
+    within = [row for row in rows if row["false_accepts_per_hour"] <= budget]
+    if not within:
+        return detection.best_row(rows, budget)
+    top = max(row["recall"] for row in within)
+    return min((row for row in within if row["recall"] == top),
+               key=lambda row: row["threshold"])
+
+
 def choose_point(scorer: scoring.Scorer, generated: list, keyword: str, base: events.Config,
                  budget: float, keep_keywords: bool) -> tuple[events.Config, dict]:
     """The new keyword's threshold: the highest recall on the held-back utterances within
-    `budget` false accepts per hour of its own; the other keywords keep theirs."""
+    `budget` false accepts per hour of its own, and of equal recalls the lowest threshold
+    (a few held-back utterances measure recall in coarse steps, an hour of other words
+    measures false accepts finely); the other keywords keep theirs."""
     scored = calibrate.score_streams(generated, scorer, base)
     rows = []
     for threshold in detection.THRESHOLD_GRID:
@@ -211,7 +224,7 @@ def choose_point(scorer: scoring.Scorer, generated: list, keyword: str, base: ev
                                      dataclasses.replace(base, thresholds=thresholds))
         rows.append({"threshold": threshold, "recall": metrics["recall_per_keyword"].get(
             keyword, 0.0), "false_accepts_per_hour": metrics["false_accepts_per_hour"]})
-    row = detection.best_row(rows, budget)
+    row = pick_threshold(rows, budget)
     thresholds = dict(base.thresholds)
     thresholds[keyword] = row["threshold"]
     hours = sum(s.num_samples for s in scored) / contract.SAMPLE_RATE / 3600
