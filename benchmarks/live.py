@@ -104,6 +104,17 @@ def clients(url: str, path: pathlib.Path, count: int, speed: float) -> list[dict
     return asyncio.run(everyone())
 
 
+def launch_chromium(playwright, chromium: str, recording: pathlib.Path):
+    """Headless Chromium (the executable at `chromium`) whose microphone is `recording`,
+    played once from its start, with the permission to use it granted."""
+    return playwright.chromium.launch(executable_path=chromium, headless=True, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run",
+        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={recording}%noloop",
+        "--autoplay-policy=no-user-gesture-required"])
+
+
 def in_browser(url: str, path: pathlib.Path) -> dict:
     """The page's own figures after the recording played as its microphone."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -112,12 +123,7 @@ def in_browser(url: str, path: pathlib.Path) -> dict:
     from playwright.sync_api import sync_playwright  # pylint: disable=import-outside-toplevel
     seconds = soundfile.info(str(path)).duration
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run",
-            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={path}%noloop",
-            "--autoplay-policy=no-user-gesture-required"])
+        browser = launch_chromium(playwright, chromium, path)
         page = browser.new_page()
         page.goto(f"{url}/?mode=browser")
         page.wait_for_function("window.kwsState !== 'loading'", timeout=60_000)

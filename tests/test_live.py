@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from benchmarks.live import launch_chromium
 from pipelines import contract
 from tests import wavs
 from trainer import detect, live, live_client, streams
@@ -91,12 +92,7 @@ def page_events(url: str, recording: pathlib.Path, mode: str, name: str,
     from playwright.sync_api import sync_playwright  # pylint: disable=import-outside-toplevel
     seconds = soundfile.info(str(recording)).duration
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run",
-            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={recording}%noloop",
-            "--autoplay-policy=no-user-gesture-required"])
+        browser = launch_chromium(playwright, CHROMIUM, recording)
         try:
             page = browser.new_page()
             page.goto(f"{url}/?mode={mode}"
