@@ -59,6 +59,7 @@ def accuracy(job_dirs: list[str], data_dir: str, count: int, seconds: float,
     with `calibration_minutes`, at one chosen afresh on that much of `data_dir`'s val
     recordings (the same for every job, whatever run it was trained on)."""
     generated = calibrate.split_streams(data_dir, contract.TEST, count, seconds)
+    keyword_free = calibrate.keyword_free_recordings(data_dir)
     val = None
     if calibration_minutes:
         val = calibrate.streams_for_minutes(data_dir, contract.VAL, calibration_minutes)
@@ -80,7 +81,8 @@ def accuracy(job_dirs: list[str], data_dir: str, count: int, seconds: float,
         metrics["recall_at"] = {str(budget): detection.best_row(curve, budget)["recall"]
                                 for budget in BUDGETS}
         metrics["det_curve"] = curve
-        metrics["keyword_free"] = calibrate.keyword_free_metrics(scorer, config, data_dir)
+        metrics["keyword_free"] = calibrate.keyword_free_metrics(scorer, config,
+                                                                 keyword_free)
         metrics["threshold"] = sorted(set(config.thresholds.values()))
         metrics["smoothing"] = config.smoothing
         metrics["chosen_on"] = config.chosen_on

@@ -19,7 +19,6 @@ count; writes W/results.json.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import pathlib
@@ -84,25 +83,19 @@ def test_streams(word: str, clips: list, data_dir: str, minutes: float, seed: in
                                  unknown_percent=25) for i in range(count)]
 
 
-def measure(job_dir: str, generated: list, word: str, base_keywords: list[str]) -> dict:
+def measure(scorer: scoring.Scorer, generated: list, word: str,
+            base_keywords: list[str]) -> dict:
     """The word's recall and false accepts per hour, and the base keywords' recall."""
-    scorer = scoring.Scorer(job_dir)
     config = scoring.read_config(scorer)
     scored = calibrate.score_streams(generated, scorer, config)
     result = {}
     if word in scorer.labels:
-        only = {label: (value if label == word else 2.0)
-                for label, value in config.thresholds.items()}
-        metrics = detection.evaluate(scored, scorer.labels,
-                                     dataclasses.replace(config, thresholds=only))
+        metrics = detection.evaluate(scored, scorer.labels, detection.only(config, {word}))
         result.update({"recall": metrics["recall_per_keyword"].get(word, 0.0),
                        "false_accepts_per_hour": metrics["false_accepts_per_hour"]})
     kept = [k for k in base_keywords if k in config.thresholds]
     if kept:
-        only = {label: (value if label in kept else 2.0)
-                for label, value in config.thresholds.items()}
-        metrics = detection.evaluate(scored, scorer.labels,
-                                     dataclasses.replace(config, thresholds=only))
+        metrics = detection.evaluate(scored, scorer.labels, detection.only(config, kept))
         said = metrics["recall_per_keyword"]
         result["base_keywords_recall"] = statistics.fmean(said.get(k, 0.0) for k in kept)
     return result
@@ -125,14 +118,15 @@ def run(argv: Optional[list[str]] = None) -> dict:
     args = parser.parse_args(argv)
     work = pathlib.Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    base_keywords = events.keywords_of(scoring.Scorer(args.base_job).labels)
+    base_scorer = scoring.Scorer(args.base_job)
+    base_keywords = events.keywords_of(base_scorer.labels)
     results = []
     for folder in sorted(p for p in pathlib.Path(args.words).iterdir() if p.is_dir()):
         word = folder.name
         test, enrol = split_speakers(speakers_of(folder), args.test_clips)
         available = sum(len(clips) for clips in enrol.values())
         generated = test_streams(word, test, args.data_dir, args.minutes, args.seed)
-        base = measure(args.base_job, generated, word, base_keywords) \
+        base = measure(base_scorer, generated, word, base_keywords) \
             if args.keep_keywords else {}
         for count in args.counts:
             if count > available:
@@ -149,7 +143,7 @@ def run(argv: Optional[list[str]] = None) -> dict:
             row = {"word": word, "count": count, "test_clips": len(test),
                    "test_speakers": len({dataset.speaker_id(str(p)) for p in test}),
                    "estimate": enrolled["estimate"],
-                   **measure(str(job), generated, word, base_keywords)}
+                   **measure(scoring.Scorer(str(job)), generated, word, base_keywords)}
             if base:
                 row["base_job_keywords_recall"] = base["base_keywords_recall"]
             results.append(row)

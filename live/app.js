@@ -253,6 +253,7 @@ async function browserDetector(info, bars) {
 // --- on the server: the WebSocket -------------------------------------------------------
 
 async function serverDetector(info, bars) {
+  const frameSamples = info.frame_samples;  // 32 ms, as the browser mode's model steps
   const socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://` +
                                `${location.host}/ws`);
   socket.binaryType = "arraybuffer";
@@ -268,7 +269,7 @@ async function serverDetector(info, bars) {
       showEvent({label: message.label, time: message.time, score: message.score});
     } else if (message.type === "scores") {
       showScores(bars, message.scores, info.config.thresholds);
-      const frame = Math.ceil(message.time * SAMPLE_RATE / 512) - 1;
+      const frame = Math.ceil(message.time * SAMPLE_RATE / frameSamples) - 1;
       if (sent[frame] !== undefined) {
         window.kwsStats.callMs.push(performance.now() - sent[frame]);
         if (window.kwsStats.callMs.length > 5000) window.kwsStats.callMs.shift();
@@ -279,7 +280,7 @@ async function serverDetector(info, bars) {
   };
   socket.onclose = () => setStatus("the server closed the connection", true);
   return {
-    frameSamples: 512,
+    frameSamples,
     push(samples) {
       const pcm = new Int16Array(samples.length);
       for (let i = 0; i < samples.length; i++) {
@@ -288,7 +289,7 @@ async function serverDetector(info, bars) {
       if (socket.readyState === WebSocket.OPEN) {
         socket.send(pcm.buffer);
         sent[frames++] = performance.now();
-        window.kwsStats.audioSeconds = frames * 512 / SAMPLE_RATE;
+        window.kwsStats.audioSeconds = frames * frameSamples / SAMPLE_RATE;
       }
     },
   };

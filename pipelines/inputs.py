@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import contract, dataset, errors
+from pipelines import contract, dataset, errors, outputs
 
 LOOP_REASON = "symlinked folder not followed: it links to the data folder or above it"
 INSIDE_REASON = "symlinked folder not followed: it links inside the data folder"
@@ -168,8 +168,6 @@ def check_inputs(data_dirs: Sequence[str], wanted: Optional[list[str]], unknown:
     With `unknown` the labels include `_unknown_`, with `silence` `_silence_`. A label
     may have a folder in more than one data folder; their clips are one label.
     """
-    if isinstance(data_dirs, str):
-        data_dirs = [data_dirs]
     where = ", ".join(data_dirs)
     listings = []
     for data_dir in data_dirs:
@@ -178,7 +176,7 @@ def check_inputs(data_dirs: Sequence[str], wanted: Optional[list[str]], unknown:
         if "://" not in data_dir and not FileSystems.exists(data_dir):
             raise errors.UserError(f"{data_dir}: data folder not found")
         for other in data_dirs:
-            if other != data_dir and _inside(data_dir, other):
+            if other != data_dir and outputs.is_within(data_dir, other):
                 raise errors.UserError(f"{data_dir}: inside the other data folder {other}; "
                                        "give folders apart")
         listing = list_inputs(data_dir)
@@ -215,13 +213,3 @@ def check_inputs(data_dirs: Sequence[str], wanted: Optional[list[str]], unknown:
                                "needs at least two label folders")
     check_labels(where, labels)
     return labels, listing
-
-
-def _inside(path: str, folder: str) -> bool:
-    """Whether `path` is `folder` or below it (local paths with symlinks resolved)."""
-    if ("://" in path) != ("://" in folder):
-        return False
-    if "://" not in path:
-        path, folder = os.path.realpath(path), os.path.realpath(folder)
-    path, folder = path.rstrip("/"), folder.rstrip("/")
-    return path == folder or path.startswith(folder + "/")

@@ -20,7 +20,7 @@ import os
 import posixpath
 import re
 import struct
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -99,24 +99,24 @@ def _finished_run(base: str) -> bool:
     return True
 
 
-def check_output_place(output_dir: str, data_dir: str) -> None:
-    """UserError for an OUT that is or is inside the data folder, or that cannot be a
-    folder this command writes."""
-    if is_within(output_dir, data_dir):
-        raise errors.UserError(f"{output_dir}: the output folder is inside the data folder "
-                               f"{data_dir}; choose one outside it")
+def check_output_place(output_dir: str, data_dirs: Sequence[str]) -> None:
+    """UserError for an OUT that is or is inside one of the data folders, or that cannot
+    be a folder this command writes."""
+    for data_dir in data_dirs:
+        if is_within(output_dir, data_dir):
+            raise errors.UserError(f"{output_dir}: the output folder is inside the data "
+                                   f"folder {data_dir}; choose one outside it")
     check_writable_folder(output_dir)
 
 
-def prepare_output(output_dir: str, data_dirs, overwrite: bool) -> None:
+def prepare_output(output_dir: str, data_dirs: Sequence[str], overwrite: bool) -> None:
     """Makes OUT ready for a run, or raises UserError without touching anything.
 
     Refused: OUT that is or is inside the data folder; OUT whose run places hold files
     this command does not write; a run already there, unless `overwrite`, which then
     removes exactly that run's files. Leaves the marker in place for the new run.
     """
-    for data_dir in ([data_dirs] if isinstance(data_dirs, str) else data_dirs):
-        check_output_place(output_dir, data_dir)
+    check_output_place(output_dir, data_dirs)
     base = output_dir.rstrip("/")
     found = contents(output_dir)
     if found.foreign:

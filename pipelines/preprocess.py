@@ -153,8 +153,7 @@ def run(argv: Optional[list[str]] = None) -> contract.RunMetadata:
     labels, listing = inputs.check_inputs(args.data_dirs, wanted,
                                           args.unknown_percent is not None,
                                           args.silence_percent is not None)
-    for data_dir in args.data_dirs:
-        outputs.check_output_place(args.output_dir, data_dir)
+    outputs.check_output_place(args.output_dir, args.data_dirs)
     with claim.Claim(args.output_dir, "python -m pipelines.preprocess"):
         return _run(args, argv, options, labels, wanted, listing)
 

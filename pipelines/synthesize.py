@@ -89,8 +89,7 @@ def plan_words(words: list[str], confusable_with: list[str], per_keyword: int, o
         own = [word for word in nearest[keyword] if word not in planned][:per_keyword]
         for word in own:
             planned[word] = f"near {keyword}"
-    homophones = {word for word in listed for keyword in confusable_with
-                  if phonemes[word] == phonemes[keyword]}
+    homophones = tts.homophones(listed, confusable_with, phonemes)
     common = [word for word in listed if word not in planned and word not in homophones
               and word not in confusable_with and word not in extensions]
     for word in common[:ordinary]:

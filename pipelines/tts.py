@@ -26,7 +26,7 @@ from typing import Iterable, NamedTuple, Optional, Sequence
 import numpy as np
 import soxr
 
-from pipelines import audio, contract, errors
+from pipelines import contract, errors
 
 INSTALL_HINT = "pip install espeakng-loader (it carries eSpeak NG's library and voices)"
 # eSpeak NG's English voices (the Shavian-alphabet one reads another script).
@@ -178,7 +178,7 @@ def place_in_clip(speech: np.ndarray, rng: np.random.Generator,
     start = int(rng.integers(0, length - len(speech) + 1))
     peak = max(float(np.abs(speech).max()), 1e-9)
     out[start:start + len(speech)] = speech * (rng.uniform(0.1, 0.9) / peak)
-    return audio.pad_or_trim(out, length)
+    return out
 
 
 def voice_grid(variants: Sequence[str]) -> list[Voice]:
@@ -227,6 +227,13 @@ def phoneme_distance(first: Sequence[str], second: Sequence[str]) -> float:
     return previous[-1] / max(len(first), len(second))
 
 
+def homophones(words: Iterable[str], keywords: Iterable[str],
+               phonemes: dict[str, list[str]]) -> set[str]:
+    """The `words` the synthesiser says exactly as one of the `keywords`."""
+    said = {tuple(phonemes[keyword]) for keyword in keywords}
+    return {word for word in words if tuple(phonemes[word]) in said}
+
+
 def confusable_words(keywords: Iterable[str], vocabulary: Iterable[str],
                      phonemes: dict[str, list[str]], per_keyword: int,
                      exclude: Optional[Iterable[str]] = None) -> dict[str, list[str]]:
@@ -239,10 +246,8 @@ def confusable_words(keywords: Iterable[str], vocabulary: Iterable[str],
       phonemes: word -> phoneme tokens, for every keyword and word of the vocabulary.
     """
     keywords = list(keywords)
-    banned = set(keywords) | set(exclude or ())
-    homophones = {word for word in vocabulary for keyword in keywords
-                  if phonemes[word] == phonemes[keyword]}
-    candidates = [word for word in vocabulary if word not in banned | homophones]
+    left_out = set(keywords) | set(exclude or ()) | homophones(vocabulary, keywords, phonemes)
+    candidates = [word for word in vocabulary if word not in left_out]
     nearest = {}
     for keyword in keywords:
         ranked = sorted(candidates, key=lambda word: (

@@ -26,7 +26,7 @@ output, so a training run is repeatable.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import tensorflow as tf
 
@@ -363,6 +363,14 @@ def augment_spectrum(magnitude: tf.Tensor, seed: tf.Tensor,
                         settings.freq_masks, settings.max_freq_mask)
 
 
+def augment_clips(waveform: tf.Tensor, bank: Optional[tf.Tensor], pair_seed: tf.Tensor,
+                  settings: Augmentation) -> tf.Tensor:
+    """A batch of clips (float32 [batch, 16000]) augmented as training augments them:
+    their |STFT| (float32 [batch, 124, 129])."""
+    magnitude = features.stft_magnitude(augment_waveform(waveform, bank, pair_seed, settings))
+    return augment_spectrum(magnitude, pair_seed, settings)
+
+
 def augment_dataset(dataset: tf.data.Dataset, bank: NoiseBank | None,
                     settings: Augmentation, seed: int = 0) -> tf.data.Dataset:
     """Augments (waveform batch, label batch) pairs into (|STFT| batch, label batch).
@@ -381,9 +389,7 @@ def augment_dataset(dataset: tf.data.Dataset, bank: NoiseBank | None,
 
     def apply(batch, pair_seed):
         waveform, label = batch
-        waveform = augment_waveform(waveform, bank, pair_seed, settings)
-        magnitude = features.stft_magnitude(waveform)
-        return augment_spectrum(magnitude, pair_seed, settings), label
+        return augment_clips(waveform, bank, pair_seed, settings), label
 
     return tf.data.Dataset.zip((dataset, seeds)).map(
         apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -88,26 +88,19 @@ def stream_seconds_for(num_clips: int, count: int = NUM_STREAMS) -> float:
 
 def split_streams(data_dir: str, split: str, count: int = NUM_STREAMS,
                   duration_s: Optional[float] = None, seed: int = 0,
-                  keyword_free: bool = False, synthetic: bool = False) -> list:
+                  keyword_free: bool = False) -> list:
     """`count` generated recordings (seeds seed, seed+1, ...) from one split.
 
     Args:
       duration_s: length of each; None for `stream_seconds_for` the split's size.
       keyword_free: other words over noise only (the split's `_unknown_` clips), for
         false accepts where no keyword is ever said.
-      synthetic: lay synthetic clips too (only mining does, on train).
     """
-    keywords, unknowns = split_clips(data_dir, split, synthetic)
-    noises = background_recordings(data_dir)
+    keywords, unknowns = split_clips(data_dir, split)
     if duration_s is None:
         duration_s = stream_seconds_for(len(keywords) + len(unknowns), count)
-    if keyword_free:
-        if not unknowns:
-            raise UserError(f"{data_dir}/{split}: no _unknown_ clips for keyword-free "
-                            "recordings")
-        keywords, unknowns = [(streams.UNKNOWN, clip) for clip in unknowns], []
-    return [streams.build_stream(keywords, unknowns, noises, duration_s, seed + i)
-            for i in range(count)]
+    return _lay(keywords, unknowns, background_recordings(data_dir), count, duration_s, seed,
+                keyword_free, f"{data_dir}/{split}")
 
 
 def streams_for_minutes(data_dir: str, split: str, minutes: float, seed: int = 0,
@@ -117,7 +110,18 @@ def streams_for_minutes(data_dir: str, split: str, minutes: float, seed: int = 0
     keywords, unknowns = split_clips(data_dir, split)
     seconds = stream_seconds_for(len(keywords) + len(unknowns))
     count = max(1, math.ceil(minutes * 60 / seconds - 1e-9))
-    return split_streams(data_dir, split, count, minutes * 60 / count, seed, keyword_free)
+    return _lay(keywords, unknowns, background_recordings(data_dir), count,
+                minutes * 60 / count, seed, keyword_free, f"{data_dir}/{split}")
+
+
+def _lay(keywords: list, unknowns: list, noises: list, count: int, duration_s: float,
+         seed: int, keyword_free: bool, where: str) -> list:
+    if keyword_free:
+        if not unknowns:
+            raise UserError(f"{where}: no _unknown_ clips for keyword-free recordings")
+        keywords, unknowns = [(streams.UNKNOWN, clip) for clip in unknowns], []
+    return [streams.build_stream(keywords, unknowns, noises, duration_s, seed + i)
+            for i in range(count)]
 
 
 def score_streams(generated: list, scorer: scoring.Scorer, config: events.Config) -> list:
@@ -161,7 +165,8 @@ def evaluate_after_training(job_dir: str, data_dir: str,
     return {"operating_point": events.config_to_dict(config.config),
             "val_det_curve": config.curve, "test": split_metrics(scorer, config.config,
                                                                  data_dir, contract.TEST),
-            "keyword_free": keyword_free_metrics(scorer, config.config, data_dir)}
+            "keyword_free": keyword_free_metrics(scorer, config.config,
+                                                 keyword_free_recordings(data_dir))}
 
 
 class Chosen(NamedTuple):
@@ -190,12 +195,14 @@ def choose_and_write(scorer: scoring.Scorer, data_dir: str,
     return Chosen(config, curves[config.smoothing])
 
 
-def keyword_free_metrics(scorer: scoring.Scorer, config: events.Config, data_dir: str,
-                         minutes: float = KEYWORD_FREE_MINUTES) -> dict:
-    """False accepts on `minutes` of the test split's other words over noise, no keyword
-    said (every event is a false accept)."""
-    generated = streams_for_minutes(data_dir, contract.TEST, minutes, seed=100,
-                                    keyword_free=True)
+def keyword_free_recordings(data_dir: str, minutes: float = KEYWORD_FREE_MINUTES) -> list:
+    """`minutes` of the test split's other words over noise, no keyword said."""
+    return streams_for_minutes(data_dir, contract.TEST, minutes, seed=100, keyword_free=True)
+
+
+def keyword_free_metrics(scorer: scoring.Scorer, config: events.Config,
+                         generated: list) -> dict:
+    """False accepts on `keyword_free_recordings` (every event is a false accept)."""
     metrics = detection.evaluate(score_streams(generated, scorer, config), scorer.labels,
                                  config)
     return {"minutes": round(sum(g.duration_s for g in generated) / 60, 2),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
-from typing import NamedTuple, Optional, Sequence
+from typing import Collection, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -129,6 +129,14 @@ def det_curve(scored: Sequence[ScoredStream], labels: Sequence[str], config: Con
                      "wrong_label_rate": metrics["wrong_label_rate"],
                      "mean_delay_s": metrics["mean_delay_s"]})
     return rows
+
+
+def only(config: Config, keywords: Collection[str]) -> Config:
+    """`config` with every keyword outside `keywords` silenced (a threshold no score
+    reaches), to count the events of some keywords alone."""
+    return dataclasses.replace(config, thresholds={
+        label: value if label in keywords else 2.0
+        for label, value in config.thresholds.items()})
 
 
 def best_row(curve: Sequence[dict], max_false_accepts_per_hour: float) -> dict:

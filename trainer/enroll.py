@@ -46,11 +46,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from pipelines import audio, claim, contract, events  # noqa: E402
+from pipelines import scoring as pipeline_scoring  # noqa: E402
 from pipelines.errors import UserError, run_cli  # noqa: E402
-from trainer import (artifacts, augment, calibrate, data, detection, export, features,  # noqa: E402
+from trainer import (artifacts, augment, calibrate, data, detection, features, job,  # noqa: E402
                      models, scoring, streams)
 from trainer.utterances import Utterance, hold_back, read_utterances  # noqa: E402
-from trainer.litert import export as litert_export  # noqa: E402
 from trainer.report import page, writer  # noqa: E402
 
 MIN_UTTERANCES = 3
@@ -102,13 +102,10 @@ def with_new_head(net: keras.Model, num_labels: int) -> keras.Model:
 def replay(clips: np.ndarray, count: int, bank, settings: augment.Augmentation,
            seed: int) -> np.ndarray:
     """|STFT| of `count` augmented copies of each clip (the training augmentation)."""
-    out = []
+    out, batch = [], tf.constant(clips)
     for copy in range(count):
-        batch = tf.constant(clips)
-        pair = tf.constant([seed, copy], tf.int64)
-        waveform = augment.augment_waveform(batch, bank, pair, settings)
-        out.append(augment.augment_spectrum(features.stft_magnitude(waveform), pair,
-                                            settings).numpy())
+        out.append(augment.augment_clips(batch, bank, tf.constant([seed, copy], tf.int64),
+                                         settings).numpy())
     return np.concatenate(out)
 
 
@@ -125,9 +122,7 @@ def negatives(data_dir: str, labels: list[str], bank, settings: augment.Augmenta
         index = [labels.index(name) if name in labels else labels.index(
             events.UNKNOWN_LABEL) for name in names]
         pair = tf.constant([seed, 10_000 + number], tf.int64)
-        augmented = augment.augment_spectrum(features.stft_magnitude(
-            augment.augment_waveform(batch[contract.WAVEFORM], bank, pair, settings)), pair,
-            settings)
+        augmented = augment.augment_clips(batch[contract.WAVEFORM], bank, pair, settings)
         kept += [transform(batch[contract.SPECTROGRAM]), transform(augmented)]
         targets += [index, index]
     return np.concatenate(kept), np.concatenate(targets).astype(np.int64)
@@ -210,7 +205,7 @@ def pick_threshold(rows: list[dict], budget: float) -> dict:
 
 
 def choose_point(scorer: scoring.Scorer, generated: list, keyword: str, base: events.Config,
-                 budget: float, keep_keywords: bool) -> tuple[events.Config, dict]:
+                 budget: float) -> tuple[events.Config, dict]:
     """The new keyword's threshold: the highest recall on the held-back utterances within
     `budget` false accepts per hour of its own, and of equal recalls the lowest threshold
     (a few held-back utterances measure recall in coarse steps, an hour of other words
@@ -218,10 +213,8 @@ def choose_point(scorer: scoring.Scorer, generated: list, keyword: str, base: ev
     scored = calibrate.score_streams(generated, scorer, base)
     rows = []
     for threshold in detection.THRESHOLD_GRID:
-        thresholds = {label: 2.0 for label in base.thresholds}  # others never fire here
-        thresholds[keyword] = threshold
-        metrics = detection.evaluate(scored, scorer.labels,
-                                     dataclasses.replace(base, thresholds=thresholds))
+        trial = dataclasses.replace(base, thresholds={**base.thresholds, keyword: threshold})
+        metrics = detection.evaluate(scored, scorer.labels, detection.only(trial, {keyword}))
         rows.append({"threshold": threshold, "recall": metrics["recall_per_keyword"].get(
             keyword, 0.0), "false_accepts_per_hour": metrics["false_accepts_per_hour"]})
     row = pick_threshold(rows, budget)
@@ -314,17 +307,16 @@ def _enroll(args, keyword, base_labels, data_dir, utterances, found, job_dir, sa
                         | ({events.SILENCE_LABEL} & set(base_labels)))
     model_name = artifacts.job_model_name(args.base_job)
     recipe = models.get_recipe(model_name)
-    settings = recipe.augmentation or augment.Augmentation(
-        max_speed_change=0.1, max_shift=1600, noise_share=0.8, snr_db_range=(5.0, 25.0),
-        filter_share=0.5, lowpass_hz=(1000.0, 8000.0), highpass_hz=(50.0, 400.0),
-        warp_share=0.5, max_warp=0.1)
+    # A model whose recipe does not augment (tutorial) replays with the default's.
+    settings = recipe.augmentation or models.get_recipe(models.DEFAULT_MODEL).augmentation
     bank = data.background_bank(data_dir)
     net = artifacts.load_keras_model(args.base_job)
     model = with_new_head(net, len(labels))
     # The frozen network's embeddings are all the new classifier needs; fine-tuning the
     # whole network needs the |STFT| itself.
+    extractor = feature_extractor(net)
     transform = (lambda spectra: np.asarray(spectra)) if args.fine_tune else \
-        embedder(feature_extractor(net))
+        embedder(extractor)
     say("the base run's training clips as negatives")
     kept_x, kept_y = negatives(data_dir, labels, bank, settings, args.seed, transform)
     if args.replace:
@@ -337,7 +329,6 @@ def _enroll(args, keyword, base_labels, data_dir, utterances, found, job_dir, sa
     targets = np.concatenate([kept_y, np.full(len(positives), labels.index(keyword))])
     say(f"training the new classifier on {len(targets)} clips ({len(positives)} of "
         f"{keyword!r})")
-    extractor = feature_extractor(net)
     embedded = embedder(extractor)(inputs_) if args.fine_tune else inputs_
     history = train_head(model, embedded, targets, args.seed)
     if args.fine_tune:
@@ -346,8 +337,9 @@ def _enroll(args, keyword, base_labels, data_dir, utterances, found, job_dir, sa
             model, inputs_, targets, args.fine_tune, args.seed).items()})
     scorer = scoring.Scorer.of_keras(model, labels)
     base_config = events.default_config(labels)
-    stored = scoring.read_config(scoring.Scorer(args.base_job))
-    if stored is not None:  # the base job's smoothing, and its keywords' thresholds
+    text, stored, _ = pipeline_scoring.read_operating_point(
+        contract.find_export(args.base_job), base_labels, None)
+    if text is not None:  # the base job's smoothing, and its keywords' thresholds
         base_config = dataclasses.replace(stored, thresholds={
             **{k: v for k, v in stored.thresholds.items() if k in base_config.thresholds},
             keyword: events.DEFAULT_THRESHOLD}, chosen_on=None)
@@ -356,11 +348,11 @@ def _enroll(args, keyword, base_labels, data_dir, utterances, found, job_dir, sa
     generated = held_streams(held, keyword, data_dir, args.keep_keywords, STREAM_MINUTES,
                              args.seed)
     config, chosen = choose_point(scorer, generated, keyword, base_config,
-                                  args.max_false_accepts_per_hour, args.keep_keywords)
+                                  args.max_false_accepts_per_hour)
     estimate = chosen["estimate"]
     say(f"threshold {estimate['threshold']}: estimated recall {estimate['recall']:.2f} at "
         f"{estimate['false_accepts_per_hour']:.1f} false accepts per hour")
-    return write(job_dir, model, model_name, labels, data_dir, config, chosen, history,
+    return write(job_dir, model, scorer, model_name, data_dir, config, chosen, history,
                  {"keyword": keyword, "base_job": args.base_job, "data_dir": data_dir,
                   "keep_keywords": args.keep_keywords, "fine_tune_epochs": args.fine_tune,
                   "recordings": found, "held_back": {
@@ -369,19 +361,16 @@ def _enroll(args, keyword, base_labels, data_dir, utterances, found, job_dir, sa
                   "replays": REPLAYS}, held, args, say)
 
 
-def write(job_dir, model, model_name, labels, data_dir, config, chosen, history, enrolment,
+def write(job_dir, model, scorer, model_name, data_dir, config, chosen, history, enrolment,
           held, args, say) -> dict:
-    """The new job's files (as `trainer.job` writes a trained one's)."""
+    """The new job's files (as `trainer.job` writes a trained one's; the held-back
+    utterances stand for a test split)."""
     say("writing the job: model, SavedModel, LiteRT files, detection.json, report")
-    tf.io.gfile.makedirs(job_dir)
-    model.save(f"{job_dir}/model.keras")
-    serving = models.get_recipe(model_name).serving_model(model)
-    export_dir = export.export_model(serving, labels, f"{job_dir}/{contract.EXPORT_DIR}")
-    litert_export.export_run(serving, labels, export_dir, data_dir, seed=args.seed)
+    labels = scorer.labels
+    export_dir = job.export_job(job_dir, model, models.get_recipe(model_name).serving_model(
+        model), labels, data_dir, args.seed)
     calibrate.write_config(export_dir, config)
-    with tf.io.gfile.GFile(f"{job_dir}/{contract.LABELS_FILE}", "w") as handle:
-        handle.write(contract.format_labels(labels))
-    probabilities = scoring.Scorer.of_keras(model, labels)(np.stack([u.clip for u in held]))
+    probabilities = scorer(np.stack([u.clip for u in held]))
     predicted = probabilities.argmax(axis=1)
     truth = np.full(len(held), labels.index(enrolment["keyword"]))
     loss = float(-np.mean(np.log(probabilities[np.arange(len(held)), truth] + 1e-12)))

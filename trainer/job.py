@@ -4,8 +4,9 @@
     JOB/export/                  SavedModel, LiteRT files, labels.txt, detection.json
     JOB/labels.txt  JOB/metrics.json  JOB/history.json  JOB/report.html (+ figures)
 
-`trainer.task`, `trainer.mine` and `trainer.enroll` train in their own ways and then call
-`write_job`, so a job is the same whichever made it: `trainer.detect`, `trainer.predict`,
+`trainer.task` and `trainer.mine` train in their own ways and then call `write_job`;
+`trainer.enroll`, measured on held-back utterances rather than a test split, calls
+`export_job` for the same files. So a job is the same whichever made it: `trainer.detect`, `trainer.predict`,
 `pipelines.detect` and the live page run any of them.
 """
 
@@ -47,20 +48,27 @@ class Finished:
     extra_metrics: Optional[dict] = None
 
 
+def export_job(job_dir: str, net: keras.Model, serving: keras.Model, labels: list[str],
+               data_dir: str, seed: int) -> str:
+    """JOB/model.keras, the SavedModel and LiteRT files (int8 calibrated on `data_dir`'s
+    training clips) in JOB/export, and JOB/labels.txt; returns the export folder."""
+    job_dir = job_dir.rstrip("/")
+    tf.io.gfile.makedirs(job_dir)
+    net.save(f"{job_dir}/model.keras")
+    export_dir = export.export_model(serving, labels, f"{job_dir}/{contract.EXPORT_DIR}")
+    litert_export.export_run(serving, labels, export_dir, data_dir, seed=seed)
+    with tf.io.gfile.GFile(f"{job_dir}/{contract.LABELS_FILE}", "w") as handle:
+        handle.write(contract.format_labels(labels))
+    return export_dir
+
+
 def write_job(job_dir: str, done: Finished, report: bool = True,
               calibration_minutes: float = calibrate.CALIBRATION_MINUTES) -> dict:
     """Exports, evaluates on test, chooses the detection operating point (a model with
     `_unknown_`), and writes metrics, history and report; returns the metrics."""
     job_dir = job_dir.rstrip("/")
-    tf.io.gfile.makedirs(job_dir)
-    done.net.save(f"{job_dir}/model.keras")
-    export_dir = export.export_model(done.serving, done.labels,
-                                     f"{job_dir}/{contract.EXPORT_DIR}")
-    # LiteRT files beside the SavedModel, int8 calibrated on training clips.
-    litert_export.export_run(done.serving, done.labels, export_dir, done.data_dir,
-                             seed=done.seed)
-    with tf.io.gfile.GFile(f"{job_dir}/{contract.LABELS_FILE}", "w") as handle:
-        handle.write(contract.format_labels(done.labels))
+    export_dir = export_job(job_dir, done.net, done.serving, done.labels, done.data_dir,
+                            done.seed)
     metadata = data.read_metadata(done.data_dir)
     test_files = data.shard_files(done.data_dir, contract.TEST)
     test_ds = data.make_dataset(test_files, 128, False,

@@ -91,14 +91,15 @@ class Session:
         return max(0.0, audio_s / self.max_speed - (time.monotonic() - self.started))
 
 
-def _messages(update: scoring.Update, labels: list[str], keywords: list[str]) -> list[dict]:
+def _messages(update: scoring.Update, columns: dict[str, int]) -> list[dict]:
+    """The update's events and its last smoothed scores of the keywords (label: column)."""
     out = [{"type": "event", "label": event.label, "time": event.time, "score": event.score}
            for event in update.events]
     if len(update.times):
         last = update.smoothed[-1]
         out.append({"type": "scores", "time": round(float(update.times[-1]), 4),
-                    "scores": {label: round(float(last[labels.index(label)]), 4)
-                               for label in keywords}})
+                    "scores": {label: round(float(last[column]), 4)
+                               for label, column in columns.items()}})
     return out
 
 
@@ -107,14 +108,14 @@ class LiveServer:
 
     def __init__(self, model_dir: str, page_dir: pathlib.Path = PAGE_DIR,
                  max_speed: float = MAX_SPEED):
-        self.model_dir = model_dir
         self.max_speed = max_speed
         self.page_dir = page_dir
         self.scorer = scoring.Scorer(model_dir)
         self.export_dir = self.scorer.export_dir
-        self.text, self.config = self.scorer.operating_point(None)
+        _, self.config = self.scorer.operating_point(None)
         self.labels = self.scorer.labels
         self.keywords = events.keywords_of(self.labels)
+        self.columns = {label: self.labels.index(label) for label in self.keywords}
         self.pool = concurrent.futures.ThreadPoolExecutor(SCORER_THREADS,
                                                           thread_name_prefix="scorer")
 
@@ -229,7 +230,7 @@ class LiveServer:
             await asyncio.sleep(wait)
         update = await loop.run_in_executor(self.pool, session.detector.push, samples)
         session.events += len(update.events)
-        for outgoing in _messages(update, self.labels, self.keywords):
+        for outgoing in _messages(update, self.columns):
             if not await send(outgoing):
                 return False
         return True
@@ -251,7 +252,7 @@ class LiveServer:
         if session.detector.num_samples:
             update = await loop.run_in_executor(self.pool, session.detector.finish)
             session.events += len(update.events)
-            for outgoing in _messages(update, self.labels, self.keywords):
+            for outgoing in _messages(update, self.columns):
                 if not await send(outgoing):
                     return False
         finished = {"type": "done", "seconds": round(seconds, 4), "events": session.events}

@@ -128,12 +128,16 @@ def read_pool(folder: str) -> list[np.ndarray]:
     return clips
 
 
-def train_streams(data_dir: str, minutes: float, seed: int,
-                  pool: tuple = ()) -> list:
-    """`minutes` of recordings of the train split (and of `pool`, more other words),
-    each clip replayed at a random speed."""
+def train_clips(data_dir: str, pool: tuple = ()) -> tuple[list, list, list]:
+    """(keywords, other words, noises) the mining recordings are laid from: the train
+    split's clips, synthetic ones included, the clips of `pool`, its background noise."""
     keywords, unknowns = calibrate.split_clips(data_dir, contract.TRAIN, synthetic=True)
-    unknowns = list(unknowns) + list(pool)
+    return keywords, list(unknowns) + list(pool), calibrate.background_recordings(data_dir)
+
+
+def train_streams(clips: tuple[list, list, list], minutes: float, seed: int) -> list:
+    """`minutes` of recordings of `train_clips`, each clip replayed at a random speed."""
+    keywords, unknowns, noises = clips
 
     def replayed(clips: list[np.ndarray], offset: int) -> list[np.ndarray]:
         if not clips:
@@ -148,7 +152,6 @@ def train_streams(data_dir: str, minutes: float, seed: int,
     keywords = list(zip([label for label, _ in keywords],
                         replayed([clip for _, clip in keywords], 0)))
     unknowns = replayed(unknowns, len(keywords))
-    noises = calibrate.background_recordings(data_dir)
     count = max(1, round(minutes / 10))
     return [streams.build_stream(keywords, unknowns, noises, minutes * 60 / count, seed + i)
             for i in range(count)]
@@ -172,11 +175,10 @@ def summary(mined: list[Mined]) -> dict:
     return {"windows": len(mined), "by_kind": dict(sorted(kinds.items()))}
 
 
-def val_point(net: keras.Model, labels: list[str], data_dir: str, minutes: float) -> dict:
-    """The operating point `net` would get on `minutes` of val recordings."""
+def val_point(net: keras.Model, labels: list[str], generated: list) -> dict:
+    """The operating point `net` would get on the val recordings `generated`."""
     scorer = scoring.Scorer.of_keras(net, labels)
     base = events.default_config(labels)
-    generated = calibrate.streams_for_minutes(data_dir, contract.VAL, minutes)
     scored = calibrate.score_streams(generated, scorer, base)
     config, _ = detection.choose_operating_point(scored, labels, base)
     return {**config.chosen_on, "smoothing": config.smoothing,
@@ -254,17 +256,18 @@ def _mine(args, labels, base_metrics, model_name, metadata, files, job_dir) -> d
     keras.utils.set_random_seed(args.seed)
     net = artifacts.load_keras_model(args.base_job)
     train_size = data.split_size(metadata, contract.TRAIN)
-    rounds = [{"round": 0, "val": val_point(net, labels, args.data_dir,
-                                             args.calibration_minutes)}]
+    val_recordings = calibrate.streams_for_minutes(args.data_dir, contract.VAL,
+                                                   args.calibration_minutes)
+    rounds = [{"round": 0, "val": val_point(net, labels, val_recordings)}]
     print(f"round 0 (the base job): val {_point(rounds[0]['val'])}", flush=True)
-    pool = read_pool(args.pool) if args.pool else ()
+    clips = train_clips(args.data_dir, read_pool(args.pool) if args.pool else ())
     best_weights, mined_files, mined_total, history = net.get_weights(), [], 0, {}
     val_ds = data.make_dataset(files[contract.VAL], recipe.batch_size, False,
                                num_examples=data.split_size(metadata, contract.VAL))
     for number in range(1, args.rounds + 1):
         scorer = scoring.Scorer.of_keras(net, labels)
         config = events.default_config(labels)
-        generated = train_streams(args.data_dir, args.minutes, 1000 * number, pool)
+        generated = train_streams(clips, args.minutes, 1000 * number)
         mined = []
         for stream in generated:
             probabilities = scoring.score_audio(stream.audio, scorer, config)
@@ -287,10 +290,10 @@ def _mine(args, labels, base_metrics, model_name, metadata, files, job_dir) -> d
                          callbacks=recipe.callbacks(), verbose=args.verbose, shuffle=False)
         for key, values in fitted.history.items():
             history.setdefault(key, []).extend(float(value) for value in values)
-        point = val_point(net, labels, args.data_dir, args.calibration_minutes)
+        point = val_point(net, labels, val_recordings)
         rounds.append({"round": number, "mined": found, "val": point})
         print(f"round {number}: val {_point(point)}", flush=True)
-        if _better(point, rounds[_best(rounds[:-1])]["val"]):
+        if _best(rounds) == number:
             best_weights = net.get_weights()
     chosen = _best(rounds)
     net.set_weights(best_weights)
@@ -310,10 +313,6 @@ def _mine(args, labels, base_metrics, model_name, metadata, files, job_dir) -> d
 def _key(point: dict) -> tuple:
     within = point["false_accepts_per_hour"] <= point["max_false_accepts_per_hour"]
     return (within, point["recall"], -point["false_accepts_per_hour"])
-
-
-def _better(point: dict, other: dict) -> bool:
-    return _key(point) > _key(other)
 
 
 def _best(rounds: list[dict]) -> int:

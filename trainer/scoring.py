@@ -195,8 +195,8 @@ class Update(NamedTuple):
 class StreamDetector:
     """Events of one stream of audio as it arrives, in blocks of any size.
 
-    The one implementation of detection on audio: `detect_blocks` (files), the live
-    server (a microphone over a WebSocket) and mining all push audio through it, and the
+    The one implementation of detection on audio: `detect_blocks` (files) and the live
+    server (a microphone over a WebSocket) push audio through it, and the
     same audio gives the same events whatever the block sizes.
     """
 

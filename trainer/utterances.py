@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from pipelines import contract, dataset, inputs
+from pipelines.errors import first_line
 
 HELD_SHARE = 1 / 3
 FRAME_S, HOP_S = 0.03, 0.01  # the energy envelope
@@ -108,10 +109,10 @@ def read_utterances(paths: list[str], decode, say) -> tuple[list[Utterance], lis
         try:
             samples = decode(path)
         except Exception as error:  # pylint: disable=broad-except  # each reader its own
-            reason = (getattr(error, "message", None) or str(error)).strip() \
-                or type(error).__name__
-            say(f"{name}: left out ({reason.splitlines()[0]})")
-            report.append({"path": name, "utterances": [], "reason": reason.splitlines()[0]})
+            message = (getattr(error, "message", None) or "").strip()
+            reason = message.splitlines()[0] if message else first_line(error)
+            say(f"{name}: left out ({reason})")
+            report.append({"path": name, "utterances": [], "reason": reason})
             continue
         cuts = cut_utterances(samples)
         if not cuts:
