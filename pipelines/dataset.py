@@ -119,6 +119,20 @@ def speaker_id(path: str) -> str:
     return last if _SPEAKER_ID.match(last) else prefix
 
 
+def word_of(path: str) -> str:
+    """The word a clip says, from its path: the folder it is in, or, for a clip filed
+    under a folder of other words (`_unknown_/backward_0a7c2a8d_nohash_2.wav`, and
+    `pipelines.synthesize`'s `<word>_<voice>_nohash_tts.wav`), the part of its name
+    before the speaker. A name without a word in it gives the folder's name."""
+    parts = path.replace("\\", "/").rstrip("/").split("/")
+    folder, name = (parts[-2] if len(parts) > 1 else ""), parts[-1]
+    if not folder.startswith("_") or "_nohash_" not in name:
+        return folder
+    prefix = _NOHASH.sub("", name)
+    word, _, last = prefix.rpartition("_")
+    return word if word and _SPEAKER_ID.match(last) else folder
+
+
 def _percentage(key: str) -> float:
     digest = int(hashlib.sha1(key.encode("utf-8")).hexdigest(), 16)
     return (digest % (_MAX_NUM_WAVS_PER_CLASS + 1)) * (100.0 / _MAX_NUM_WAVS_PER_CLASS)

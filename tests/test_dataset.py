@@ -20,6 +20,18 @@ def test_speaker_id(name, speaker):
     assert dataset.speaker_id(f"gs://bucket/data/yes/{name}") == speaker
 
 
+@pytest.mark.parametrize("path,word", [
+    ("gs://b/data/_unknown_/backward_0a7c2a8d_nohash_2.wav.wav", "backward"),
+    ("/d/_unknown_/thing_34031914_nohash_tts.wav", "thing"),
+    ("/d/marvin/0a7c2a8d_nohash_0.wav", "marvin"),
+    ("/d/_unknown_/0a7c2a8d_nohash_1.wav", "_unknown_"),
+    ("/d/_unknown_/take3.wav", "_unknown_"),
+    ("/d/_unknown_/my_word_take_nohash_1.wav", "_unknown_"),
+])
+def test_word_of(path, word):
+    assert dataset.word_of(path) == word
+
+
 def test_classify_labels_and_skips():
     root = "/data"
     assert dataset.classify("/data/yes/a_nohash_0.wav", root).label == "yes"

@@ -68,7 +68,8 @@ def _compression(files: list[str]) -> str:
 def make_dataset(files: list[str], batch_size: int, shuffle: bool, *,
                  seed: Optional[int] = None, waveform: bool = False,
                  shuffle_buffer: int = 4096, num_examples: Optional[int] = None,
-                 keep_features: bool = False, repeat: bool = False) -> tf.data.Dataset:
+                 keep_features: bool = False, repeat: bool = False,
+                 keys: Optional[list[str]] = None, relabel=None) -> tf.data.Dataset:
     """Batches of (spectrogram, label) from TFRecord shards.
 
     Args:
@@ -81,6 +82,8 @@ def make_dataset(files: list[str], batch_size: int, shuffle: bool, *,
       num_examples: if known (metadata), declared as the cardinality so progress bars
         know the epoch length.
       keep_features: yield the whole parsed feature dict instead of a pair.
+      keys: with `keep_features`, parse only these features.
+      relabel: (label batch, path batch) -> label batch (`trainer.words`).
       repeat: pass over the shards endlessly (training with `steps_per_epoch`): the
         shuffle buffer then stays full across epochs instead of being refilled, before
         the first batch, at the start of each one.
@@ -105,9 +108,12 @@ def make_dataset(files: list[str], batch_size: int, shuffle: bool, *,
 
     def parse(serialized):
         if keep_features:
-            return contract.parse_batch(serialized, waveform=waveform)
-        parsed = contract.parse_batch(serialized, keys=[key, contract.LABEL])
-        return parsed[key], parsed[contract.LABEL]
+            return contract.parse_batch(serialized, waveform=waveform, keys=keys)
+        if relabel is None:
+            parsed = contract.parse_batch(serialized, keys=[key, contract.LABEL])
+            return parsed[key], parsed[contract.LABEL]
+        parsed = contract.parse_batch(serialized, keys=[key, contract.LABEL, contract.PATH])
+        return parsed[key], relabel(parsed[contract.LABEL], parsed[contract.PATH])
 
     dataset = dataset.map(parse, num_parallel_calls=AUTOTUNE, deterministic=not shuffle)
     if num_examples is not None and not repeat:

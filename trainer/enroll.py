@@ -49,13 +49,16 @@ from pipelines import audio, claim, contract, events  # noqa: E402
 from pipelines import scoring as pipeline_scoring  # noqa: E402
 from pipelines.errors import UserError, run_cli  # noqa: E402
 from trainer import (artifacts, augment, calibrate, data, detection, features, job,  # noqa: E402
-                     models, scoring, streams)
+                     models, scoring, streams, words)
 from trainer.utterances import Utterance, hold_back, read_utterances  # noqa: E402
 from trainer.report import page, writer  # noqa: E402
 
 MIN_UTTERANCES = 3
 MAX_RECORDINGS = 50
 REPLAYS = 80  # augmented copies of each kept utterance
+SYNTHETIC_REPLAYS = 8  # augmented copies of each synthetic clip
+NEAR_WORDS = 20  # words that sound near the new one, said as negatives with --synthetic-voices
+NEAR_VOICES = 8  # voice settings that say each of them
 STREAM_MINUTES = 60.0
 HEAD_EPOCHS = 60
 
@@ -78,9 +81,17 @@ class Progress:
 
 # --- training ----------------------------------------------------------------------------
 
+def classifier_of(net: keras.Model) -> keras.layers.Layer:
+    """The base network's last layer, or the one before its `words.MergeWords`."""
+    classifier = net.layers[-1]
+    if isinstance(classifier, words.MergeWords):
+        classifier = classifier.input._keras_history.operation
+    return classifier
+
+
 def feature_extractor(net: keras.Model) -> keras.Model:
     """The base network up to its classifier's input (frozen)."""
-    classifier = net.layers[-1]
+    classifier = classifier_of(net)
     if not isinstance(classifier, keras.layers.Dense):
         raise UserError("the base job's model does not end in a classifier layer; enrol "
                         "on a job of the kws or tutorial model")
@@ -91,8 +102,8 @@ def feature_extractor(net: keras.Model) -> keras.Model:
 
 def with_new_head(net: keras.Model, num_labels: int) -> keras.Model:
     """The base network with a new classifier over `num_labels` (same name, "logits")."""
-    features_out = net.layers[-1].input
-    logits = keras.layers.Dense(num_labels, name=net.layers[-1].name)(features_out)
+    classifier = classifier_of(net)
+    logits = keras.layers.Dense(num_labels, name=classifier.name)(classifier.input)
     model = keras.Model(net.inputs[0], logits, name=f"{net.name}_enrolled")
     for layer in model.layers[:-1]:
         layer.trainable = False
@@ -170,6 +181,29 @@ def fine_tune(model: keras.Model, spectra: np.ndarray, targets: np.ndarray, epoc
     fitted = model.fit(spectra, targets, epochs=epochs, batch_size=64, class_weight=weights,
                        verbose=0, shuffle=True)
     return {key: [float(v) for v in values] for key, values in fitted.history.items()}
+
+
+def synthetic_speech(keyword: str, voices: int, seed: int, say) -> tuple[np.ndarray,
+                                                                         np.ndarray]:
+    """(the new word said by `voices` voice settings of eSpeak NG, the NEAR_WORDS words
+    that sound nearest it, homophones left out, each said by NEAR_VOICES): clips."""
+    from pipelines import synthesize, tts  # pylint: disable=import-outside-toplevel
+    synthesizer = tts.synthesizer()
+    grid = tts.voice_grid(synthesizer.variants())
+    rng = np.random.default_rng(seed)
+    said = [synthesizer.clip(keyword, voice, rng)
+            for voice in tts.choose_voices(grid, voices, seed)]
+    near = synthesize.plan_words([], [keyword], NEAR_WORDS, 0, synthesize.VOCABULARY,
+                                 synthesizer)
+    others = [synthesizer.clip(word, voice, rng) for word in near for voice in
+              tts.choose_voices(grid, NEAR_VOICES, synthesize.word_seed(word, seed))]
+    say(f"synthetic speech: {keyword!r} said by {len(said)} voices; {len(near)} words near "
+        f"it as negatives ({', '.join(sorted(near))})")
+    keep = [clip for clip in said if np.any(clip)]
+    if not keep:
+        raise UserError(f"the speech synthesiser says nothing for {keyword!r}; enrol without "
+                        "--synthetic-voices")
+    return np.stack(keep), np.stack([clip for clip in others if np.any(clip)])
 
 
 # --- the operating point -----------------------------------------------------------------
@@ -253,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fine-tune", type=int, default=0, metavar="EPOCHS",
                         help="also train the whole network this many epochs (default 0: "
                              "the frozen network with a new classifier)")
+    parser.add_argument("--synthetic-voices", type=int, default=0, metavar="N",
+                        help="also learn from the word said by N voice settings of eSpeak "
+                             f"NG, and from the {NEAR_WORDS} words that sound nearest it as "
+                             "negatives (default 0: the recordings alone)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--no-report", dest="report", action="store_false")
     return parser
@@ -268,6 +306,8 @@ def run(argv: Optional[list[str]] = None) -> dict:
                         "its ends, '/', or a leading '_'")
     if len(args.recordings) > MAX_RECORDINGS:
         raise UserError(f"{len(args.recordings)} recordings: at most {MAX_RECORDINGS}")
+    if not 0 <= args.synthetic_voices <= 1000:
+        raise UserError("--synthetic-voices must be in [0, 1000]")
     if not args.max_false_accepts_per_hour > 0:
         raise UserError("--max-false-accepts-per-hour must be positive")
     base_labels = artifacts.read_model_labels(args.base_job)
@@ -325,6 +365,14 @@ def _enroll(args, keyword, base_labels, data_dir, utterances, found, job_dir, sa
     say(f"replaying {len(kept)} utterances {REPLAYS} times each")
     positives = transform(replay(np.stack([u.clip for u in kept]), REPLAYS, bank, settings,
                                  args.seed))
+    if args.synthetic_voices:
+        said, near = synthetic_speech(keyword, args.synthetic_voices, args.seed, say)
+        positives = np.concatenate([positives, transform(replay(
+            said, SYNTHETIC_REPLAYS, bank, settings, args.seed + 1))])
+        near = transform(replay(near, 2, bank, settings, args.seed + 2))
+        kept_x = np.concatenate([kept_x, near])
+        kept_y = np.concatenate([kept_y, np.full(len(near), labels.index(
+            events.UNKNOWN_LABEL))])
     inputs_ = np.concatenate([kept_x, positives])
     targets = np.concatenate([kept_y, np.full(len(positives), labels.index(keyword))])
     say(f"training the new classifier on {len(targets)} clips ({len(positives)} of "
@@ -358,7 +406,8 @@ def _enroll(args, keyword, base_labels, data_dir, utterances, found, job_dir, sa
                   "recordings": found, "held_back": {
                       "by": how, "utterances": [[u.path, u.start_s, u.end_s] for u in held]},
                   "learnt_from": [[u.path, u.start_s, u.end_s] for u in kept],
-                  "replays": REPLAYS}, held, args, say)
+                  "replays": REPLAYS, "synthetic_voices": args.synthetic_voices},
+                 held, args, say)
 
 
 def write(job_dir, model, scorer, model_name, data_dir, config, chosen, history, enrolment,

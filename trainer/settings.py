@@ -38,6 +38,7 @@ class RunSettings:
     shuffle_buffer: int = 4096
     negative_weight: float = 1.0  # loss weight of _unknown_ and _silence_ examples
     max_shift_ms: Optional[float] = None  # None: the recipe's time shift
+    word_classes: bool = False  # other words as classes of their own while training
     calibration_minutes: float = 30.0  # val recordings the operating point is chosen on
     tensorboard_dir: Optional[str] = None
     checkpoint_dir: Optional[str] = None
@@ -76,6 +77,11 @@ def add_flags(parser: argparse.ArgumentParser, model_names: list[str], default_m
     parser.add_argument("--max-shift-ms", type=float, default=None, metavar="MS",
                         help="largest training time shift either way (default: the "
                              "recipe's, 100 ms for kws)")
+    parser.add_argument("--word-classes", action="store_true",
+                        help="train each other word (a folder that is not a label, or a "
+                             "name under _unknown_) as a class of its own, summed into "
+                             "_unknown_ afterwards: embeddings that keep words apart, for "
+                             "trainer.enroll")
     parser.add_argument("--calibration-minutes", type=float, default=30.0, metavar="MIN",
                         help="minutes of val recordings the detection operating point is "
                              "chosen on, for a model with _unknown_ (default 30)")

@@ -32,7 +32,7 @@ import tensorflow as tf  # noqa: E402
 
 from pipelines import claim, contract  # noqa: E402
 from pipelines.errors import PartialFailure, UserError, run_cli  # noqa: E402
-from trainer import backup, data, distribute, job, models, settings, training  # noqa: E402
+from trainer import backup, data, distribute, job, models, settings, training, words  # noqa: E402
 from trainer.settings import RunSettings  # noqa: E402
 
 HISTORY_CSV = "history.csv"
@@ -112,22 +112,31 @@ def _train(options: RunSettings, dist: distribute.Distribution, recipe, labels: 
     tf.io.gfile.makedirs(job_dir)
     checkpoint_dir = (options.checkpoint_dir or f"{shared_dir}/checkpoints").rstrip("/")
     log_dir = dist.writable(options.tensorboard_dir or f"{job_dir}/logs", "logs")
+    classes = words.WordClasses(tuple(labels), (), {})
+    if options.word_classes:
+        classes = data.guard_corruption(files[contract.TRAIN] + files[contract.VAL],
+                                        lambda: words.find(files, labels))
+        print(f"{len(classes.words)} other words are classes of their own while training "
+              f"(at least {words.MIN_CLIPS} training clips each)", flush=True)
     epoch_backup, resume_from = dist.backups(
-        checkpoint_dir, run_fingerprint(options, labels, recipe), options.restart)
+        checkpoint_dir, run_fingerprint(options, labels + list(classes.words), recipe),
+        options.restart)
     if options.restart:
         epoch_backup.discard()
     resume_from.check_same_run()
     if not resume_from.epochs() and tf.io.gfile.exists(f"{job_dir}/{HISTORY_CSV}"):
         tf.io.gfile.remove(f"{job_dir}/{HISTORY_CSV}")  # a fresh run, not a resumption
 
+    relabel = classes.relabel() if classes.words else None
     train_ds = dist.train_input(recipe.train_dataset(dist.share(files[contract.TRAIN]), options,
-                                                     labels))
+                                                     labels, relabel=relabel))
     val_ds = dist.eval_input(data.make_dataset(files[contract.VAL], recipe.batch_size, False,
-                                               num_examples=sizes[contract.VAL]))
+                                               num_examples=sizes[contract.VAL],
+                                               relabel=relabel))
     spectrograms = data.make_dataset(files[contract.TRAIN], 256, False).map(lambda x, _: x)
     with dist.strategy.scope():
         net = data.guard_corruption(files[contract.TRAIN], lambda: models.build_model(
-            options.model, len(labels), train_spectrograms=spectrograms))
+            options.model, classes.count, train_spectrograms=spectrograms))
         recipe.compile(net, sizes[contract.TRAIN])
         start = resume_from.restore(net)
     if start is not None:
@@ -153,6 +162,7 @@ def _train(options: RunSettings, dist: distribute.Distribution, recipe, labels: 
         raise PartialFailure(f"training stopped: the loss became NaN or infinite in epoch "
                              f"{stop_on_nan.bad_epoch} (try a lower --learning-rate)")
     recipe.finalize(net)
+    net = classes.merged(net)
 
     history = read_history(job_dir)
     net.save(f"{job_dir}/model.keras")
@@ -162,7 +172,8 @@ def _train(options: RunSettings, dist: distribute.Distribution, recipe, labels: 
     recorded = {"model": options.model, "data_dir": options.data_dir, "seed": options.seed,
                 "shuffle_buffer": options.shuffle_buffer, **recipe.settings(),
                 "epochs_run": len(next(iter(history.values()), [])),
-                "split": metadata.split.to_dict(), **dist.settings()}
+                "split": metadata.split.to_dict(), **dist.settings(),
+                "word_classes": list(classes.words) if options.word_classes else None}
     return job.write_job(job_dir, job.Finished(
         net, recipe.serving_model(net), labels, options.data_dir, recorded, history,
         seed=options.seed), report=options.report,

@@ -95,8 +95,8 @@ class Recipe:
         return recipe
 
     def train_dataset(self, files: list[str], settings: RunSettings, labels: list[str],
-                      extra_files: tuple[str, ...] = (), extra_share: float = 0.0
-                      ) -> tf.data.Dataset:
+                      extra_files: tuple[str, ...] = (), extra_share: float = 0.0,
+                      relabel=None) -> tf.data.Dataset:
         """Endless shuffled (spectrogram, label[, weight]) batches; `steps_per_epoch` make
         an epoch.
 
@@ -106,6 +106,8 @@ class Recipe:
           labels: the run's labels (which ones are negatives, for `negative_weight`).
           extra_files: shards of further examples in the same format (mined ones), a
             share `extra_share` of every batch drawn from them.
+          relabel: (label, path) batches -> class batch (`trainer.words`); classes past
+            the labels are other words, negatives for `negative_weight`.
         """
         extra = min(self.batch_size - 1, round(self.batch_size * extra_share)) \
             if extra_files else 0
@@ -113,7 +115,8 @@ class Recipe:
 
         def batches(shards, size, seed):
             return data.make_dataset(list(shards), size, True, seed=seed, waveform=waveform,
-                                     shuffle_buffer=settings.shuffle_buffer, repeat=True)
+                                     shuffle_buffer=settings.shuffle_buffer, repeat=True,
+                                     relabel=relabel)
 
         dataset = batches(files, self.batch_size - extra, settings.seed)
         if extra:
@@ -130,8 +133,9 @@ class Recipe:
             weight = tf.constant(self.negative_weight, tf.float32)
 
             def weighted(features, label):
-                is_negative = tf.reduce_any(tf.equal(tf.cast(label, tf.int64)[:, None],
-                                                     negatives[None, :]), axis=1)
+                label = tf.cast(label, tf.int64)
+                is_negative = tf.reduce_any(tf.equal(label[:, None], negatives[None, :]),
+                                            axis=1) | (label >= len(labels))
                 return features, label, tf.where(is_negative, weight, 1.0)
 
             dataset = dataset.map(weighted, num_parallel_calls=tf.data.AUTOTUNE)
