@@ -106,7 +106,7 @@ def test_enrolment_from_clips_makes_a_job_that_finds_the_word(base, tmp_path):
     assert predict.run(["--model-dir", str(new), str(heard[0])])[0]["label"] == WORD
 
 
-def test_one_long_recording_with_the_word_said_five_times_is_enough(base, tmp_path):
+def test_one_long_recording_with_the_word_said_five_times_is_enough(base, tmp_path, capsys):
     job, out = base
     clips = [wavs.read_clip(path)[0] for path in said(WORD, 5, 3, tmp_path / "five")]
     placements = [streams.Placement(WORD, clip, int((0.5 + 2.5 * i) * RATE))
@@ -115,8 +115,15 @@ def test_one_long_recording_with_the_word_said_five_times_is_enough(base, tmp_pa
     soundfile.write(str(long_recording), streams.mix_stream(14 * RATE, placements).audio, RATE)
     metrics = enroll.run(["--base-job", str(job), "--data-dir", str(out), "--keyword", WORD,
                           "--recordings", str(long_recording), "--job-dir",
-                          str(tmp_path / "new"), "--keep-keywords", "--no-report"])
+                          str(tmp_path / "new"), "--keep-keywords", "--no-report",
+                          "--synthetic-voices", "6"])
     assert len(metrics["enrolment"]["recordings"][0]["utterances"]) == 5
+    assert metrics["enrolment"]["synthetic_voices"] == 6
+    said_line = next(line for line in capsys.readouterr().out.splitlines()
+                     if "synthetic speech" in line)
+    assert f"{WORD!r} said by 6 voices" in said_line
+    near = said_line.split("(", 1)[1].rstrip(")").split(", ")
+    assert len(near) == enroll.NEAR_WORDS and WORD not in near
     assert metrics["enrolment"]["held_back"]["by"] == "utterance"
     assert metrics["labels"] == ["_silence_", "_unknown_", "down", "go", "left", "no",
                                  "right", "seven", "stop", "up", "yes"]

@@ -317,8 +317,12 @@ def run(argv: Optional[list[str]] = None) -> dict:
     if events.UNKNOWN_LABEL not in base_labels:
         raise UserError(f"{args.base_job}: no {events.UNKNOWN_LABEL} class: enrol on a "
                         "keyword-spotting job (preprocessed with --unknown-percent)")
-    data_dir = args.data_dir or artifacts.read_job_metrics(args.base_job).get(
-        "settings", {}).get("data_dir")
+    base_settings = artifacts.read_job_metrics(args.base_job).get("settings", {})
+    data_dir = args.data_dir or base_settings.get("data_dir")
+    if not base_settings.get("word_classes"):
+        say(f"note: {args.base_job} was trained without --word-classes: its embeddings keep "
+            "other words apart less well than a job trained with it (docs/reference.md"
+            "#enrolling-a-new-word)")
     if not data_dir:
         raise UserError(f"{args.base_job}: its metrics.json names no preprocessing run; "
                         "give --data-dir")
