@@ -3,11 +3,14 @@ recordings it cannot use."""
 
 import json
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import soundfile
 
+from benchmarks import enroll as study
 from pipelines import contract, preprocess
 from pipelines.errors import UserError
 from tests import wavs
@@ -175,3 +178,30 @@ def test_the_threshold_is_the_lowest_of_equal_recalls_within_the_budget():
     assert enroll.pick_threshold(rows, 2.0)["threshold"] == 0.6
     assert enroll.pick_threshold(rows, 0.5)["threshold"] == 0.8
     assert enroll.pick_threshold(rows[:3], 0.5)["threshold"] == 0.7  # fewest false accepts
+
+
+def test_the_study_benchmark_enrols_and_measures_on_other_speakers(base, tmp_path):
+    """`benchmarks.enroll` started as users start it: enrolment speakers apart from test
+    speakers, and the test DET point at least the recall of a point within the budget."""
+    job, out = base
+    said(WORD, 8, 5, tmp_path / "words")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.enroll", "--base-job", str(job), "--data-dir",
+         str(out), "--test-data-dir", str(out), "--words", str(tmp_path / "words"),
+         "--work-dir", str(tmp_path / "work"), "--counts", "3", "--test-clips", "3",
+         "--minutes", "2"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "work" / "results.json").read_text())
+    (row,) = results["rows"]
+    assert row["word"] == WORD and row["count"] == 3 and row["test_speakers"] == 3
+    learnt = json.loads((tmp_path / "work" / f"{WORD}-3" / "metrics.json").read_text())
+    enrolled = {path.split("/")[-1] for path, *_ in learnt["enrolment"]["learnt_from"]}
+    enrolled |= {path.split("/")[-1] for path, *_ in
+                 learnt["enrolment"]["held_back"]["utterances"]}
+    assert len(enrolled) == 3
+    test, _ = study.split_speakers(study.speakers_of(tmp_path / "words" / WORD), 3)
+    assert not enrolled & {path.name for path in test}  # other speakers than the test's
+    assert 0.0 <= row["recall"] <= 1.0 and 0.0 <= row["test_det_recall"] <= 1.0
+    if row["false_accepts_per_hour"] <= 2.0:
+        assert row["test_det_recall"] >= row["recall"]
+    assert results["mean"]["3"]["words"] == 1
