@@ -17,7 +17,10 @@
    background noise, microphone response, frequency warp); the base job's training split
    as negatives (its `_unknown_`, synthetic speech included where the run has it, and
    `_silence_`; its keywords too, as `_unknown_`, unless `--keep-keywords`, which keeps
-   them as keywords). `--fine-tune` then trains the whole network a few epochs more.
+   them as keywords). `--synthetic-voices N` adds the word said by N voices of eSpeak NG,
+   and the words that sound nearest it as negatives. `--fine-tune` then trains the whole
+   network a few epochs more. The base network's embeddings decide what the new word
+   can be told from: a base trained with `trainer.task --word-classes` tells words apart.
 4. **The operating point.** Long recordings of the held-back utterances among the base
    run's val words and background noise are scored; the threshold is the highest recall
    with at most `--max-false-accepts-per-hour` (with `--keep-keywords` the base keywords
@@ -203,7 +206,9 @@ def synthetic_speech(keyword: str, voices: int, seed: int, say) -> tuple[np.ndar
     if not keep:
         raise UserError(f"the speech synthesiser says nothing for {keyword!r}; enrol without "
                         "--synthetic-voices")
-    return np.stack(keep), np.stack([clip for clip in others if np.any(clip)])
+    others = [clip for clip in others if np.any(clip)]
+    return np.stack(keep), (np.stack(others) if others else
+                            np.zeros((0, contract.CLIP_SAMPLES), np.float32))
 
 
 # --- the operating point -----------------------------------------------------------------

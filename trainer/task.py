@@ -114,8 +114,9 @@ def _train(options: RunSettings, dist: distribute.Distribution, recipe, labels: 
     log_dir = dist.writable(options.tensorboard_dir or f"{job_dir}/logs", "logs")
     classes = words.WordClasses(tuple(labels), (), {})
     if options.word_classes:
-        classes = data.guard_corruption(files[contract.TRAIN] + files[contract.VAL],
-                                        lambda: words.find(files, labels))
+        fitted = {split: files[split] for split in (contract.TRAIN, contract.VAL)}
+        classes = data.guard_corruption(fitted[contract.TRAIN] + fitted[contract.VAL],
+                                        lambda: words.find(fitted, labels))
         print(f"{len(classes.words)} other words are classes of their own while training "
               f"(at least {words.MIN_CLIPS} training clips each)", flush=True)
     epoch_backup, resume_from = dist.backups(

@@ -61,9 +61,10 @@ class WordClasses:
 
 
 def find(files: dict[str, list[str]], labels: list[str]) -> WordClasses:
-    """The word classes of a preprocessing run's shards (`files`: split -> shard paths):
-    words of the training split's `_unknown_` clips with at least MIN_CLIPS clips; their
-    clips in every split are relabelled (a word only val or test has stays `_unknown_`)."""
+    """The word classes of a preprocessing run's shards (`files`: split -> shard paths,
+    those the network is fitted and validated on): words of the training split's
+    `_unknown_` clips with at least MIN_CLIPS clips; their clips in every split given are
+    relabelled (a word that only val has stays `_unknown_`)."""
     if UNKNOWN_LABEL not in labels:
         return WordClasses(tuple(labels), (), {})
     clips = collections.defaultdict(list)  # (split, word) -> paths
