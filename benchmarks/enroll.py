@@ -19,7 +19,6 @@ count; writes W/results.json.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import pathlib
@@ -96,13 +95,7 @@ def measure(scorer: scoring.Scorer, generated: list, word: str,
                        "false_accepts_per_hour": metrics["false_accepts_per_hour"]})
         # The best this job could do here: the test recordings' own DET curve at the
         # budget (a diagnosis of the features apart from the choice of threshold).
-        curve = []
-        for threshold in detection.THRESHOLD_GRID:
-            trial = dataclasses.replace(config, thresholds={**config.thresholds,
-                                                            word: threshold})
-            said = detection.evaluate(scored, scorer.labels, detection.only(trial, {word}))
-            curve.append({"threshold": threshold, "false_accepts_per_hour": said[
-                "false_accepts_per_hour"], "recall": said["recall_per_keyword"].get(word, 0.0)})
+        curve = detection.keyword_curve(scored, scorer.labels, config, word)
         result["test_det_recall"] = detection.best_row(curve, budget)["recall"]
     kept = [k for k in base_keywords if k in config.thresholds]
     if kept:

@@ -131,6 +131,21 @@ def det_curve(scored: Sequence[ScoredStream], labels: Sequence[str], config: Con
     return rows
 
 
+def keyword_curve(scored: Sequence[ScoredStream], labels: Sequence[str], config: Config,
+                  keyword: str, thresholds: Sequence[float] = THRESHOLD_GRID) -> list[dict]:
+    """One keyword's recall and false accepts per hour at each of `thresholds` (its own
+    events alone; the other keywords are silenced)."""
+    rows = []
+    for threshold in thresholds:
+        trial = dataclasses.replace(config, thresholds={**config.thresholds,
+                                                        keyword: float(threshold)})
+        metrics = evaluate(scored, labels, only(trial, {keyword}))
+        rows.append({"threshold": float(threshold),
+                     "recall": metrics["recall_per_keyword"].get(keyword, 0.0),
+                     "false_accepts_per_hour": metrics["false_accepts_per_hour"]})
+    return rows
+
+
 def only(config: Config, keywords: Collection[str]) -> Config:
     """`config` with every keyword outside `keywords` silenced (a threshold no score
     reaches), to count the events of some keywords alone."""

@@ -250,12 +250,7 @@ def choose_point(scorer: scoring.Scorer, generated: list, keyword: str, base: ev
     (a few held-back utterances measure recall in coarse steps, an hour of other words
     measures false accepts finely); the other keywords keep theirs."""
     scored = calibrate.score_streams(generated, scorer, base)
-    rows = []
-    for threshold in detection.THRESHOLD_GRID:
-        trial = dataclasses.replace(base, thresholds={**base.thresholds, keyword: threshold})
-        metrics = detection.evaluate(scored, scorer.labels, detection.only(trial, {keyword}))
-        rows.append({"threshold": threshold, "recall": metrics["recall_per_keyword"].get(
-            keyword, 0.0), "false_accepts_per_hour": metrics["false_accepts_per_hour"]})
+    rows = detection.keyword_curve(scored, scorer.labels, base, keyword)
     row = pick_threshold(rows, budget)
     thresholds = dict(base.thresholds)
     thresholds[keyword] = row["threshold"]

@@ -6,8 +6,8 @@
 
 `trainer.task` and `trainer.mine` train in their own ways and then call `write_job`;
 `trainer.enroll`, measured on held-back utterances rather than a test split, calls
-`export_job` for the same files. So a job is the same whichever made it: `trainer.detect`, `trainer.predict`,
-`pipelines.detect` and the live page run any of them.
+`export_job` for the same files. So a job is the same whichever made it:
+`trainer.detect`, `trainer.predict`, `pipelines.detect` and the live page run any of them.
 """
 
 from __future__ import annotations
