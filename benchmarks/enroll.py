@@ -1,7 +1,8 @@
 """Enrolment study: new words from 3 to 20 recordings, measured on other speakers.
 
     python -m benchmarks.enroll --base-job JOB --data-dir OUT --words WORDS --work-dir W \\
-        [--counts 3 5 10 20] [--keep-keywords] [--fine-tune N]
+        [--counts 3 5 10 20] [--keep-keywords] [--fine-tune N] [--synthetic-voices N] \\
+        [--test-data-dir OUT] [--enrol-seed 42]
 
 WORDS holds a folder of clips per word the base job was not trained on (WORDS/<word>/,
 names `<speaker>_nohash_<n>` or `<word>_<speaker>_nohash_<n>`). For each word its
@@ -13,7 +14,9 @@ makes is measured on `--minutes` of test recordings: the word said by the test s
 background noise. Recall of the word, and its false accepts per hour (its events
 anywhere else); with `--keep-keywords` also the recall of the base keywords, against
 the base job's on the same recordings. Prints a row per word and count and the mean per
-count; writes W/results.json.
+count; writes W/results.json. Where enrolment speakers' clips are left over (not
+given to `trainer.enroll`), the job is also measured on them among the val split's
+words: a validation figure, for choosing how to enrol without the test recordings.
 """
 
 from __future__ import annotations
@@ -70,10 +73,11 @@ def pick(enrol: dict[str, list], count: int) -> list:
     return chosen
 
 
-def test_streams(word: str, clips: list, data_dir: str, minutes: float, seed: int) -> list:
-    """Recordings where the word is a third of the words said, among the base run's test
-    keywords and other words, over its background noise."""
-    base_keywords, unknowns = calibrate.split_clips(data_dir, contract.TEST)
+def test_streams(word: str, clips: list, data_dir: str, minutes: float, seed: int,
+                 split: str = contract.TEST) -> list:
+    """Recordings where the word is a third of the words said, among the base run's
+    keywords and other words of `split`, over its background noise."""
+    base_keywords, unknowns = calibrate.split_clips(data_dir, split)
     noises = calibrate.background_recordings(data_dir)
     word_clips = [(word, audio.pad_or_trim(audio.decode_wav(str(path)))) for path in clips]
     repeat = max(1, round(len(base_keywords) / 2 / len(word_clips)))
@@ -123,7 +127,9 @@ def run(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--keep-keywords", action="store_true")
     parser.add_argument("--fine-tune", type=int, default=0)
     parser.add_argument("--synthetic-voices", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the test recordings' seed")
+    parser.add_argument("--enrol-seed", type=int, default=42,
+                        help="trainer.enroll's --seed (augmentation and training)")
     args = parser.parse_args(argv)
     work = pathlib.Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -153,11 +159,23 @@ def run(argv: Optional[list[str]] = None) -> dict:
             enrolled = enroll.run(["--base-job", args.base_job, "--data-dir", args.data_dir,
                                    "--keyword", word, "--recordings", *map(str, chosen),
                                    "--job-dir", str(job), "--no-report",
-                                   "--max-false-accepts-per-hour", str(budget), *flags])
+                                   "--max-false-accepts-per-hour", str(budget),
+                                   "--seed", str(args.enrol_seed), *flags])
+            scorer = scoring.Scorer(str(job))
             row = {"word": word, "count": count, "test_clips": len(test),
                    "test_speakers": len({dataset.speaker_id(str(p)) for p in test}),
                    "estimate": enrolled["estimate"],
-                   **measure(scoring.Scorer(str(job)), generated, word, base_keywords, budget)}
+                   **measure(scorer, generated, word, base_keywords, budget)}
+            # Validation: the enrolment speakers' clips it did not learn from, among the
+            # val split's words (for choosing how to enrol without the test recordings).
+            rest = [p for clips in enrol.values() for p in clips if p not in set(chosen)]
+            if rest:
+                found = measure(scorer, test_streams(word, rest, args.test_data_dir or
+                                                     args.data_dir, args.minutes,
+                                                     args.seed + 100, contract.VAL),
+                                word, [], budget)
+                row.update({"val_clips": len(rest), "val_recall": found["recall"],
+                            "val_false_accepts_per_hour": found["false_accepts_per_hour"]})
             if base:
                 row["base_job_keywords_recall"] = base["base_keywords_recall"]
             results.append(row)
@@ -166,6 +184,8 @@ def run(argv: Optional[list[str]] = None) -> dict:
                   f"{budget:g}: {row['test_det_recall']:.3f}; estimated "
                   f"on held-back recordings: {row['estimate']['recall']:.2f}, "
                   f"{row['estimate']['false_accepts_per_hour']:.1f})"
+                  + (f"; val ({len(rest)} clips): recall {row['val_recall']:.3f}, "
+                     f"{row['val_false_accepts_per_hour']:.1f}" if rest else "")
                   + (f"; base keywords recall {row['base_keywords_recall']:.3f} against the "
                      f"base job's {row['base_job_keywords_recall']:.3f}" if base else ""),
                   flush=True)
@@ -179,10 +199,19 @@ def run(argv: Optional[list[str]] = None) -> dict:
                           + (("base_keywords_recall", "base_job_keywords_recall")
                              if args.keep_keywords else ())}
         summary[count]["words"] = len(rows)
+        valued = [row for row in rows if "val_recall" in row]
+        if valued:
+            summary[count].update({"val_words": len(valued), **{
+                key: statistics.fmean(row[key] for row in valued)
+                for key in ("val_recall", "val_false_accepts_per_hour")}})
         print(f"mean of {len(rows)} words, {count} recordings: recall "
               f"{summary[count]['recall']:.3f}, {summary[count]['false_accepts_per_hour']:.1f}"
               f" false accepts per hour (test DET at {budget:g}: "
-              f"{summary[count]['test_det_recall']:.3f})")
+              f"{summary[count]['test_det_recall']:.3f})" + (
+                  f"; val, {summary[count]['val_words']} words: recall "
+                  f"{summary[count]['val_recall']:.3f}, "
+                  f"{summary[count]['val_false_accepts_per_hour']:.1f}"
+                  if valued else ""))
     (work / "results.json").write_text(json.dumps({"rows": results, "mean": summary},
                                                   indent=2) + "\n")
     return {"rows": results, "mean": summary}

@@ -189,7 +189,7 @@ def test_the_study_benchmark_enrols_and_measures_on_other_speakers(base, tmp_pat
         [sys.executable, "-m", "benchmarks.enroll", "--base-job", str(job), "--data-dir",
          str(out), "--test-data-dir", str(out), "--words", str(tmp_path / "words"),
          "--work-dir", str(tmp_path / "work"), "--counts", "3", "--test-clips", "3",
-         "--minutes", "2"], capture_output=True, text=True, check=False)
+         "--minutes", "2", "--enrol-seed", "7"], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((tmp_path / "work" / "results.json").read_text())
     (row,) = results["rows"]
@@ -198,10 +198,13 @@ def test_the_study_benchmark_enrols_and_measures_on_other_speakers(base, tmp_pat
     enrolled = {path.split("/")[-1] for path, *_ in learnt["enrolment"]["learnt_from"]}
     enrolled |= {path.split("/")[-1] for path, *_ in
                  learnt["enrolment"]["held_back"]["utterances"]}
-    assert len(enrolled) == 3
+    assert len(enrolled) == 3 and learnt["settings"]["seed"] == 7
     test, _ = study.split_speakers(study.speakers_of(tmp_path / "words" / WORD), 3)
     assert not enrolled & {path.name for path in test}  # other speakers than the test's
     assert 0.0 <= row["recall"] <= 1.0 and 0.0 <= row["test_det_recall"] <= 1.0
     if row["false_accepts_per_hour"] <= 2.0:
         assert row["test_det_recall"] >= row["recall"]
     assert results["mean"]["3"]["words"] == 1
+    # The 2 clips neither test nor enrolment speakers said are its validation figure.
+    assert row["val_clips"] == 2 and 0.0 <= row["val_recall"] <= 1.0
+    assert results["mean"]["3"]["val_words"] == 1

@@ -12,7 +12,7 @@ import soundfile
 
 from pipelines import audio, contract, preprocess
 from tests import wavs
-from trainer import data, enroll, scoring, words
+from trainer import data, enroll, models, scoring, words
 
 OTHER = ["bed", "cat", "dog"]  # other words, filed under _unknown_ by name
 
@@ -78,6 +78,58 @@ def test_merged_output_is_the_class_probabilities_with_the_words_summed():
     assert words.WordClasses(labels, (), {}).merged(net) is net
 
 
+def test_an_enrolled_classifier_keeps_the_word_classes_and_starts_from_the_base_one():
+    base_labels, base_words = ["_silence_", "_unknown_", "no", "yes"], ["bed", "cat"]
+    inputs = keras.Input((4,))
+    logits = keras.layers.Dense(6, name="logits")(inputs)
+    net = keras.Model(inputs, words.MergeWords(4, 1)(logits))
+    labels = ["_silence_", "_unknown_", "up"]
+    classes = enroll.head_classes(labels, base_labels, base_words)
+    # The base keywords it does not keep are other words too.
+    assert classes == ("_silence_", "_unknown_", "up", "bed", "cat", "no", "yes")
+    assert enroll.head_classes(labels, base_labels, []) == tuple(labels)
+    model = enroll.with_new_head(net, labels, classes, tuple(base_labels + base_words))
+    head, old = enroll.classifier_of(model), enroll.classifier_of(net)
+    assert head.units == len(classes) and model.output_shape[-1] == len(labels)
+    for name in ("_silence_", "_unknown_", "bed", "cat", "no", "yes"):
+        np.testing.assert_array_equal(head.kernel.numpy()[:, classes.index(name)],
+                                      old.kernel.numpy()[:, (base_labels + base_words)
+                                                         .index(name)])
+    assert [layer.name for layer in model.layers if layer.trainable] == [head.name]
+    x = np.random.default_rng(1).normal(size=(5, 4)).astype(np.float32)
+    fine = keras.ops.convert_to_numpy(keras.ops.softmax(enroll.logits_of(model)(x)))
+    coarse = keras.ops.convert_to_numpy(keras.ops.softmax(model(x)))
+    np.testing.assert_allclose(coarse[:, 1], fine[:, [1, 3, 4, 5, 6]].sum(1), rtol=1e-5)
+    # Word classes weigh what _unknown_, which takes them in, does: every label the same.
+    targets = np.array([0, 1, 2, 2, 3, 3, 3, 5, 6, 6])
+    weight = enroll.class_weights(targets, labels, len(classes))
+    totals = np.zeros(len(labels))
+    for target in targets:
+        totals[min(target, 1) if target >= len(labels) else target] += weight[target]
+    np.testing.assert_allclose(totals, totals[0])
+
+
+def test_negatives_are_labelled_by_their_word_and_the_new_word_left_out(data_dir):
+    base_labels = data.read_labels(str(data_dir))
+    labels = ["_silence_", "_unknown_", "bed"]
+    classes = enroll.head_classes(labels, base_labels, ["bed", "cat"])
+    _, targets = enroll.negatives(str(data_dir), "bed", classes, None,
+                                  models.get_recipe("kws").augmentation, 0,
+                                  lambda x: np.zeros((len(x), 1)))
+    expected = []
+    for batch in data.make_dataset(data.shard_files(str(data_dir), contract.TRAIN), 64,
+                                   False, keep_features=True):
+        for name, path in zip(batch[contract.LABEL_NAME].numpy(),
+                              batch[contract.PATH].numpy()):
+            name, word = name.decode(), path.decode().split("/")[-1].split("_")[0]
+            if name == "_unknown_" and word == "bed":
+                continue  # the new word itself is no negative
+            expected.append(classes.index(word) if word in classes else classes.index(name))
+    np.testing.assert_array_equal(np.sort(targets), np.sort(expected * 2))  # + augmented
+    assert labels.index("bed") not in targets and classes.index("cat") in targets
+    assert classes.index("yes") in targets and classes.index("no") in targets
+
+
 def test_a_run_with_word_classes_is_a_job_like_any_other(data_dir, tmp_path):
     """Started as users start it: the job has the run's labels, its exports agree, and
     enrolment finds the classifier behind the merge."""
@@ -105,3 +157,22 @@ def test_a_run_with_word_classes_is_a_job_like_any_other(data_dir, tmp_path):
         tolerance = 0.1 if engine == "tflite-int8" else 1e-3  # int8: outputs in 1/256 steps
         np.testing.assert_allclose(scores.sum(1), 1.0, atol=tolerance / 10)
         assert np.abs(scores - keras_scores).max() < tolerance, engine
+    # Enrolling on it: the new classifier tells the same words apart (and the base
+    # keywords it does not keep), and the new job is one like any other again.
+    enrolled = tmp_path / "enrolled"
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer.enroll", "--base-job", str(job), "--keyword", "up",
+         "--recordings", *map(str, wavs.sample_clips("up", 4)), "--job-dir", str(enrolled),
+         "--no-report"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "other words are classes of their own in the new classifier" in done.stdout
+    settings = json.loads((enrolled / "metrics.json").read_text())["settings"]
+    assert set(settings["word_classes"]) == set(metrics["settings"]["word_classes"]) | {
+        "yes", "no"}
+    net = keras.models.load_model(enrolled / "model.keras")
+    assert isinstance(net.layers[-1], words.MergeWords)
+    new_labels = (enrolled / "labels.txt").read_text().split()
+    assert new_labels == ["_silence_", "_unknown_", "up"]
+    scores = scoring.Scorer(str(enrolled), engine="tflite")(clips)
+    np.testing.assert_allclose(scores, scoring.Scorer.of_keras(net, new_labels)(clips),
+                               atol=1e-3)

@@ -17,10 +17,14 @@
    background noise, microphone response, frequency warp); the base job's training split
    as negatives (its `_unknown_`, synthetic speech included where the run has it, and
    `_silence_`; its keywords too, as `_unknown_`, unless `--keep-keywords`, which keeps
-   them as keywords). `--synthetic-voices N` adds the word said by N voices of eSpeak NG,
+   them as keywords; clips of the new word itself among its other words are left
+   out). On a base trained with `trainer.task --word-classes` the new
+   classifier keeps its word classes (and the base keywords it does not keep, as words):
+   it starts from the base classifier's weights for them and merges them into
+   `_unknown_` (`words.MergeWords`), so the new word is told from each other word, not
+   from one lump. `--synthetic-voices N` adds the word said by N voices of eSpeak NG,
    and the words that sound nearest it as negatives. `--fine-tune` then trains the whole
-   network a few epochs more. The base network's embeddings decide what the new word
-   can be told from: a base trained with `trainer.task --word-classes` tells words apart.
+   network a few epochs more.
 4. **The operating point.** Long recordings of the held-back utterances among the base
    run's val words and background noise are scored; the threshold is the highest recall
    with at most `--max-false-accepts-per-hour` (with `--keep-keywords` the base keywords
@@ -48,7 +52,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipelines import audio, claim, contract, events  # noqa: E402
+from pipelines import audio, claim, contract, dataset, events  # noqa: E402
 from pipelines import scoring as pipeline_scoring  # noqa: E402
 from pipelines.errors import UserError, run_cli  # noqa: E402
 from trainer import (artifacts, augment, calibrate, data, detection, features, job,  # noqa: E402
@@ -103,14 +107,50 @@ def feature_extractor(net: keras.Model) -> keras.Model:
     return extractor
 
 
-def with_new_head(net: keras.Model, num_labels: int) -> keras.Model:
-    """The base network with a new classifier over `num_labels` (same name, "logits")."""
+def head_classes(labels: list[str], base_labels: list[str],
+                 base_words: list[str]) -> tuple[str, ...]:
+    """The new classifier's classes: `labels`, then, where the base network was trained
+    with word classes, the words it tells apart that the new job merges into `_unknown_`:
+    its word classes and the base keywords it does not keep."""
+    if not base_words:
+        return tuple(labels)
+    others = [w for w in base_words if w not in labels]
+    others += [k for k in base_labels if k not in labels and not k.startswith("_")
+               and k not in others]
+    return tuple(labels) + tuple(others)
+
+
+def with_new_head(net: keras.Model, labels: list[str], classes: tuple[str, ...],
+                  base_classes: tuple[str, ...]) -> keras.Model:
+    """The base network with a new classifier over `classes` (same name), started from
+    the base classifier's weights for the classes it had; more classes than `labels` are
+    word classes, merged into `_unknown_` (`words.MergeWords`) like the base job's."""
     classifier = classifier_of(net)
-    logits = keras.layers.Dense(num_labels, name=classifier.name)(classifier.input)
-    model = keras.Model(net.inputs[0], logits, name=f"{net.name}_enrolled")
-    for layer in model.layers[:-1]:
-        layer.trainable = False
+    head = keras.layers.Dense(len(classes), name=classifier.name)
+    logits = head(classifier.input)
+    kernel, bias = (np.array(w) for w in head.get_weights())
+    old_kernel, old_bias = classifier.get_weights()
+    for index, name in enumerate(classes):
+        if name in base_classes:
+            kernel[:, index] = old_kernel[:, base_classes.index(name)]
+            bias[index] = old_bias[base_classes.index(name)]
+    head.set_weights([kernel, bias])
+    outputs = logits
+    if len(classes) > len(labels):
+        outputs = words.MergeWords(len(labels), labels.index(events.UNKNOWN_LABEL),
+                                   name="merge_words")(logits)
+    model = keras.Model(net.inputs[0], outputs, name=f"{net.name}_enrolled")
+    for layer in model.layers:
+        layer.trainable = layer is head
     return model
+
+
+def logits_of(model: keras.Model) -> keras.Model:
+    """`model` up to its classifier (before any `words.MergeWords`), sharing its weights:
+    what is trained on targets over all its classes."""
+    classifier = classifier_of(model)
+    return model if classifier is model.layers[-1] else keras.Model(
+        model.inputs[0], classifier.output)
 
 
 def replay(clips: np.ndarray, count: int, bank, settings: augment.Augmentation,
@@ -123,22 +163,35 @@ def replay(clips: np.ndarray, count: int, bank, settings: augment.Augmentation,
     return np.concatenate(out)
 
 
-def negatives(data_dir: str, labels: list[str], bank, settings: augment.Augmentation,
-              seed: int, transform) -> tuple[np.ndarray, np.ndarray]:
+def negatives(data_dir: str, keyword: str, classes: tuple[str, ...], bank,
+              settings: augment.Augmentation, seed: int, transform) -> tuple[np.ndarray,
+                                                                                np.ndarray]:
     """The base run's training clips, each as stored and once more augmented, through
     `transform` (|STFT| batch -> what to keep: embeddings, or the |STFT| itself), with
-    their index among the new `labels` (a label it does not have: `_unknown_`)."""
+    their index among the new `classes`: its label's, or its word's where that is a class
+    (`pipelines.dataset.word_of`), else `_unknown_`'s. Clips of `keyword` itself (a word
+    of the base run's `_unknown_`) are left out: they are not negatives."""
     files = data.shard_files(data_dir, contract.TRAIN)
+    index_of = {name: i for i, name in enumerate(classes)}
+    unknown = index_of[events.UNKNOWN_LABEL]
     kept, targets = [], []
     batches = data.make_dataset(files, 256, False, waveform=True, keep_features=True)
     for number, batch in enumerate(batches):
         names = [name.decode() for name in batch[contract.LABEL_NAME].numpy()]
-        index = [labels.index(name) if name in labels else labels.index(
-            events.UNKNOWN_LABEL) for name in names]
+        said = [dataset.word_of(path.decode("utf-8", "replace")) if name.startswith("_")
+                else name for name, path in zip(names, batch[contract.PATH].numpy())]
+        index = np.array([index_of[name] if name in index_of and name != events.UNKNOWN_LABEL
+                          else index_of.get(word, unknown) for name, word in zip(names, said)],
+                         np.int64)
+        keep = np.array([word != keyword or name == keyword
+                         for name, word in zip(names, said)])
+        if not keep.any():
+            continue
         pair = tf.constant([seed, 10_000 + number], tf.int64)
         augmented = augment.augment_clips(batch[contract.WAVEFORM], bank, pair, settings)
-        kept += [transform(batch[contract.SPECTROGRAM]), transform(augmented)]
-        targets += [index, index]
+        kept += [transform(batch[contract.SPECTROGRAM].numpy()[keep]),
+                 transform(augmented.numpy()[keep])]
+        targets += [index[keep], index[keep]]
     return np.concatenate(kept), np.concatenate(targets).astype(np.int64)
 
 
@@ -149,16 +202,20 @@ def embedder(extractor: keras.Model):
         for start in range(0, len(spectra), 256)])
 
 
-def class_weights(targets: np.ndarray, count: int) -> dict:
-    """Weights that give every label the same total weight."""
-    counts = np.bincount(targets, minlength=count).astype(np.float64)
-    return {i: float(len(targets) / (count * c)) if c else 0.0 for i, c in enumerate(counts)}
+def class_weights(targets: np.ndarray, labels: list[str], count: int) -> dict:
+    """Weights that give every label the same total weight; a word class (an index past
+    the labels) weighs what `_unknown_`, which takes it in, does."""
+    unknown = labels.index(events.UNKNOWN_LABEL)
+    merged = np.where(targets >= len(labels), unknown, targets)
+    counts = np.bincount(merged, minlength=len(labels)).astype(np.float64)
+    weight = [float(len(targets) / (len(labels) * c)) if c else 0.0 for c in counts]
+    return {i: weight[i if i < len(labels) else unknown] for i in range(count)}
 
 
-def train_head(model: keras.Model, embedded: np.ndarray, targets: np.ndarray,
-               seed: int) -> dict:
+def train_head(model: keras.Model, labels: list[str], embedded: np.ndarray,
+               targets: np.ndarray, seed: int) -> dict:
     """Trains the new classifier on the frozen network's embeddings; its history."""
-    head = model.layers[-1]
+    head = classifier_of(model)
     inputs_ = keras.Input(embedded.shape[1:])
     trainer = keras.Model(inputs_, head(inputs_))
     trainer.compile(optimizer=keras.optimizers.Adam(3e-3),
@@ -166,23 +223,24 @@ def train_head(model: keras.Model, embedded: np.ndarray, targets: np.ndarray,
                     metrics=["accuracy"])
     keras.utils.set_random_seed(seed)
     fitted = trainer.fit(embedded, targets, epochs=HEAD_EPOCHS, batch_size=256,
-                         class_weight=class_weights(targets, head.units), verbose=0,
+                         class_weight=class_weights(targets, labels, head.units), verbose=0,
                          shuffle=True)
     return {key: [float(v) for v in values] for key, values in fitted.history.items()}
 
 
-def fine_tune(model: keras.Model, spectra: np.ndarray, targets: np.ndarray, epochs: int,
-              seed: int) -> dict:
+def fine_tune(model: keras.Model, labels: list[str], spectra: np.ndarray,
+              targets: np.ndarray, epochs: int, seed: int) -> dict:
     """Trains the whole network (batch normalisation kept frozen) a few epochs more."""
     for layer in model.layers:
         layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
-    weights = class_weights(targets, model.output_shape[-1])
-    model.compile(optimizer=keras.optimizers.Adam(3e-4),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    trained = logits_of(model)
+    weights = class_weights(targets, labels, trained.output_shape[-1])
+    trained.compile(optimizer=keras.optimizers.Adam(3e-4),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    metrics=["accuracy"])
     keras.utils.set_random_seed(seed)
-    fitted = model.fit(spectra, targets, epochs=epochs, batch_size=64, class_weight=weights,
-                       verbose=0, shuffle=True)
+    fitted = trained.fit(spectra, targets, epochs=epochs, batch_size=64, class_weight=weights,
+                         verbose=0, shuffle=True)
     return {key: [float(v) for v in values] for key, values in fitted.history.items()}
 
 
@@ -337,10 +395,13 @@ def run(argv: Optional[list[str]] = None) -> dict:
                         "are needed (see the lines above)")
     job_dir = args.job_dir.rstrip("/")
     with claim.Claim(job_dir, "python -m trainer.enroll"):
-        return _enroll(args, keyword, base_labels, data_dir, utterances, found, job_dir, say)
+        return _enroll(args, keyword, base_labels, list(base_settings.get("word_classes")
+                                                        or []), data_dir, utterances, found,
+                       job_dir, say)
 
 
-def _enroll(args, keyword, base_labels, data_dir, utterances, found, job_dir, say) -> dict:
+def _enroll(args, keyword, base_labels, base_words, data_dir, utterances, found, job_dir,
+            say) -> dict:
     kept, held, how = hold_back(utterances)
     say(f"{len(utterances)} utterances: {len(kept)} to learn from, {len(held)} held back "
         f"(by {how}) to choose the threshold")
@@ -355,17 +416,26 @@ def _enroll(args, keyword, base_labels, data_dir, utterances, found, job_dir, sa
     settings = recipe.augmentation or models.get_recipe(models.DEFAULT_MODEL).augmentation
     bank = data.background_bank(data_dir)
     net = artifacts.load_keras_model(args.base_job)
-    model = with_new_head(net, len(labels))
+    base_classes = tuple(base_labels) + tuple(base_words)
+    if classifier_of(net).units != len(base_classes):
+        raise UserError(f"{args.base_job}: its classifier has {classifier_of(net).units} "
+                        f"outputs, its labels and word classes {len(base_classes)}")
+    classes = head_classes(labels, base_labels, base_words)
+    model = with_new_head(net, labels, classes, base_classes)
     # The frozen network's embeddings are all the new classifier needs; fine-tuning the
     # whole network needs the |STFT| itself.
     extractor = feature_extractor(net)
     transform = (lambda spectra: np.asarray(spectra)) if args.fine_tune else \
         embedder(extractor)
     say("the base run's training clips as negatives")
-    kept_x, kept_y = negatives(data_dir, labels, bank, settings, args.seed, transform)
+    kept_x, kept_y = negatives(data_dir, keyword, classes, bank, settings, args.seed,
+                               transform)
     if args.replace:
         keep = kept_y != labels.index(keyword)
         kept_x, kept_y = kept_x[keep], kept_y[keep]
+    if len(classes) > len(labels):
+        say(f"{len(classes) - len(labels)} other words are classes of their own in the new "
+            f"classifier, merged into {events.UNKNOWN_LABEL}")
     say(f"replaying {len(kept)} utterances {REPLAYS} times each")
     positives = transform(replay(np.stack([u.clip for u in kept]), REPLAYS, bank, settings,
                                  args.seed))
@@ -382,11 +452,11 @@ def _enroll(args, keyword, base_labels, data_dir, utterances, found, job_dir, sa
     say(f"training the new classifier on {len(targets)} clips ({len(positives)} of "
         f"{keyword!r})")
     embedded = embedder(extractor)(inputs_) if args.fine_tune else inputs_
-    history = train_head(model, embedded, targets, args.seed)
+    history = train_head(model, labels, embedded, targets, args.seed)
     if args.fine_tune:
         say(f"fine-tuning the whole network for {args.fine_tune} epochs")
         history.update({f"fine_tune_{k}": v for k, v in fine_tune(
-            model, inputs_, targets, args.fine_tune, args.seed).items()})
+            model, labels, inputs_, targets, args.fine_tune, args.seed).items()})
     scorer = scoring.Scorer.of_keras(model, labels)
     base_config = events.default_config(labels)
     text, stored, _ = pipeline_scoring.read_operating_point(
@@ -406,6 +476,7 @@ def _enroll(args, keyword, base_labels, data_dir, utterances, found, job_dir, sa
         f"{estimate['false_accepts_per_hour']:.1f} false accepts per hour")
     return write(job_dir, model, scorer, model_name, data_dir, config, chosen, history,
                  {"keyword": keyword, "base_job": args.base_job, "data_dir": data_dir,
+                  "word_classes": list(classes[len(labels):]),
                   "keep_keywords": args.keep_keywords, "fine_tune_epochs": args.fine_tune,
                   "recordings": found, "held_back": {
                       "by": how, "utterances": [[u.path, u.start_s, u.end_s] for u in held]},
@@ -435,7 +506,8 @@ def write(job_dir, model, scorer, model_name, data_dir, config, chosen, history,
         "test_examples": len(held), "split": "held-back utterances",
         "per_class": scores["per_class"], "confusion_matrix": scores["confusion_matrix"],
         "settings": {"model": model_name, "data_dir": data_dir, "seed": args.seed,
-                     "enrolled": enrolment["keyword"]},
+                     "enrolled": enrolment["keyword"],
+                     "word_classes": enrolment["word_classes"] or None},
         "export_dir": export_dir, "enrolment": enrolment,
         "operating_point": events.config_to_dict(config),
         "estimate": chosen["estimate"], "held_back_det_curve": chosen["det_curve"]}
