@@ -136,13 +136,13 @@ def run(argv: Optional[list[str]] = None) -> dict:
     base_scorer = scoring.Scorer(args.base_job)
     base_keywords = events.keywords_of(base_scorer.labels)
     budget = args.max_false_accepts_per_hour
+    test_data = args.test_data_dir or args.data_dir
     results = []
     for folder in sorted(p for p in pathlib.Path(args.words).iterdir() if p.is_dir()):
         word = folder.name
         test, enrol = split_speakers(speakers_of(folder), args.test_clips)
         available = sum(len(clips) for clips in enrol.values())
-        generated = test_streams(word, test, args.test_data_dir or args.data_dir,
-                                 args.minutes, args.seed)
+        generated = test_streams(word, test, test_data, args.minutes, args.seed)
         base = measure(base_scorer, generated, word, base_keywords, budget) \
             if args.keep_keywords else {}
         for count in args.counts:
@@ -168,10 +168,10 @@ def run(argv: Optional[list[str]] = None) -> dict:
                    **measure(scorer, generated, word, base_keywords, budget)}
             # Validation: the enrolment speakers' clips it did not learn from, among the
             # val split's words (for choosing how to enrol without the test recordings).
-            rest = [p for clips in enrol.values() for p in clips if p not in set(chosen)]
+            used = set(chosen)
+            rest = [p for clips in enrol.values() for p in clips if p not in used]
             if rest:
-                found = measure(scorer, test_streams(word, rest, args.test_data_dir or
-                                                     args.data_dir, args.minutes,
+                found = measure(scorer, test_streams(word, rest, test_data, args.minutes,
                                                      args.seed + 100, contract.VAL),
                                 word, [], budget)
                 row.update({"val_clips": len(rest), "val_recall": found["recall"],

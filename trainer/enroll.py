@@ -130,10 +130,11 @@ def with_new_head(net: keras.Model, labels: list[str], classes: tuple[str, ...],
     logits = head(classifier.input)
     kernel, bias = (np.array(w) for w in head.get_weights())
     old_kernel, old_bias = classifier.get_weights()
+    position = {name: index for index, name in enumerate(base_classes)}
     for index, name in enumerate(classes):
-        if name in base_classes:
-            kernel[:, index] = old_kernel[:, base_classes.index(name)]
-            bias[index] = old_bias[base_classes.index(name)]
+        if name in position:
+            kernel[:, index] = old_kernel[:, position[name]]
+            bias[index] = old_bias[position[name]]
     head.set_weights([kernel, bias])
     outputs = logits
     if len(classes) > len(labels):
@@ -417,9 +418,10 @@ def _enroll(args, keyword, base_labels, base_words, data_dir, utterances, found,
     bank = data.background_bank(data_dir)
     net = artifacts.load_keras_model(args.base_job)
     base_classes = tuple(base_labels) + tuple(base_words)
-    if classifier_of(net).units != len(base_classes):
-        raise UserError(f"{args.base_job}: its classifier has {classifier_of(net).units} "
-                        f"outputs, its labels and word classes {len(base_classes)}")
+    outputs = classifier_of(net).units
+    if outputs != len(base_classes):
+        raise UserError(f"{args.base_job}: its classifier has {outputs} outputs, its labels "
+                        f"and word classes {len(base_classes)}")
     classes = head_classes(labels, base_labels, base_words)
     model = with_new_head(net, labels, classes, base_classes)
     # The frozen network's embeddings are all the new classifier needs; fine-tuning the
