@@ -84,8 +84,12 @@ def test_enrolment_from_clips_makes_a_job_that_finds_the_word(base, tmp_path):
     new = tmp_path / "new"
     recordings = said(WORD, 10, 1, tmp_path / "enrol")
     metrics = enroll.run(["--base-job", str(job), "--data-dir", str(out), "--keyword", WORD,
-                          "--recordings", *map(str, recordings), "--job-dir", str(new)])
-    assert json.loads((new / "metrics.json").read_text())["enrolment"]["keyword"] == WORD
+                          "--recordings", *map(str, recordings), "--job-dir", str(new),
+                          "--held-back-minutes", "30"])
+    written = json.loads((new / "metrics.json").read_text())
+    assert written["enrolment"]["keyword"] == WORD
+    assert written["operating_point"]["chosen_on"]["hours"] == 0.5
+    assert written["operating_point"]["chosen_on"]["streams"] == 3
     assert (new / "labels.txt").read_text().split() == ["_silence_", "_unknown_", WORD]
     for name in ("saved_model.pb", "model_int8.tflite", "model_stream_int8.tflite",
                  "detection.json"):
@@ -208,3 +212,12 @@ def test_the_study_benchmark_enrols_and_measures_on_other_speakers(base, tmp_pat
     # The 2 clips neither test nor enrolment speakers said are its validation figure.
     assert row["val_clips"] == 2 and 0.0 <= row["val_recall"] <= 1.0
     assert results["mean"]["3"]["val_words"] == 1
+
+
+def test_held_back_minutes_must_be_a_positive_length(capsys):
+    from trainer import enroll
+    with pytest.raises(SystemExit) as exit_:
+        enroll.build_parser().parse_args(["--keyword", "hi", "--recordings", "a.wav",
+                                          "--job-dir", "x", "--held-back-minutes", "0"])
+    assert exit_.value.code == 2
+    assert "--held-back-minutes: must be in (0, 1440], got 0.0" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """Your own keyword from a few recordings: a detector for a new word in minutes.
 
     python -m trainer.enroll --base-job JOB --keyword hello --recordings a.wav b.wav ... \\
-        --job-dir NEWJOB [--keep-keywords] [--max-false-accepts-per-hour 2]
+        --job-dir NEWJOB [--keep-keywords] [--max-false-accepts-per-hour 2] \\
+        [--held-back-minutes 180]
 
 1. **Utterances.** Each recording (any format and rate the other commands read) is
    a one-second clip of the word, or a longer recording where it is said several times:
@@ -25,8 +26,9 @@
    from one lump. `--synthetic-voices N` adds the word said by N voices of eSpeak NG,
    and the words that sound nearest it as negatives. `--fine-tune` then trains the whole
    network a few epochs more.
-4. **The operating point.** Long recordings of the held-back utterances among the base
-   run's val words and background noise are scored; the threshold is the highest recall
+4. **The operating point.** Three hours (`--held-back-minutes`) of recordings of the
+   held-back utterances among the base run's val words and background noise are
+   scored; the threshold is the highest recall
    with at most `--max-false-accepts-per-hour` (with `--keep-keywords` the base keywords
    keep theirs).
 
@@ -66,7 +68,6 @@ REPLAYS = 80  # augmented copies of each kept utterance
 SYNTHETIC_REPLAYS = 8  # augmented copies of each synthetic clip
 NEAR_WORDS = 20  # words that sound near the new one, said as negatives with --synthetic-voices
 NEAR_VOICES = 8  # voice settings that say each of them
-STREAM_MINUTES = 60.0
 HEAD_EPOCHS = 60
 
 
@@ -323,6 +324,16 @@ def choose_point(scorer: scoring.Scorer, generated: list, keyword: str, base: ev
 
 # --- command line --------------------------------------------------------------------------
 
+def positive_minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 24 * 60:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1440], got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.enroll",
                                      description=__doc__.split("\n\n")[0])
@@ -343,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(its recordings replace that label's clips)")
     parser.add_argument("--max-false-accepts-per-hour", type=float, default=2.0,
                         help="false-accept budget of the threshold (default 2)")
+    parser.add_argument("--held-back-minutes", type=positive_minutes, default=180.0,
+                        metavar="MINUTES",
+                        help="length of the recordings of the held-back utterances the "
+                             "threshold is chosen on (default 180)")
     parser.add_argument("--fine-tune", type=int, default=0, metavar="EPOCHS",
                         help="also train the whole network this many epochs (default 0: "
                              "the frozen network with a new classifier)")
@@ -467,10 +482,10 @@ def _enroll(args, keyword, base_labels, base_words, data_dir, utterances, found,
         base_config = dataclasses.replace(stored, thresholds={
             **{k: v for k, v in stored.thresholds.items() if k in base_config.thresholds},
             keyword: events.DEFAULT_THRESHOLD}, chosen_on=None)
-    say(f"choosing the threshold on {STREAM_MINUTES:g} min of recordings of the held-back "
-        "utterances among the base run's val words")
-    generated = held_streams(held, keyword, data_dir, args.keep_keywords, STREAM_MINUTES,
-                             args.seed)
+    say(f"choosing the threshold on {args.held_back_minutes:g} min of recordings of the "
+        "held-back utterances among the base run's val words")
+    generated = held_streams(held, keyword, data_dir, args.keep_keywords,
+                             args.held_back_minutes, args.seed)
     config, chosen = choose_point(scorer, generated, keyword, base_config,
                                   args.max_false_accepts_per_hour)
     estimate = chosen["estimate"]
