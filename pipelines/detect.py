@@ -50,22 +50,12 @@ def load_config(export_dir: str, labels: list[str], threshold: Optional[float]
 MAX_CHUNK_SECONDS = 3600.0
 
 
-def chunk_seconds_arg(text: str) -> float:
-    """A --chunk-seconds value: a number of seconds in (0, MAX_CHUNK_SECONDS]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= MAX_CHUNK_SECONDS:
-        raise argparse.ArgumentTypeError(f"must be in (0, {MAX_CHUNK_SECONDS:g}], got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = batch.batch_parser("python -m pipelines.detect", __doc__)
     parser.add_argument("--threshold", type=events.threshold_arg, default=None,
                         help="one threshold for every keyword, instead of detection.json's")
-    parser.add_argument("--chunk-seconds", type=chunk_seconds_arg, default=CHUNK_SECONDS,
+    parser.add_argument("--chunk-seconds", type=events.positive_at_most(MAX_CHUNK_SECONDS),
+                        default=CHUNK_SECONDS,
                         help=f"audio per unit of work (default {CHUNK_SECONDS:g})")
     parser.add_argument("--overwrite", action="store_true",
                         help="remove an earlier run's events and rejected shards in OUTPUT "

@@ -84,6 +84,19 @@ def valid_threshold(value) -> bool:
             and math.isfinite(value) and 0.0 < value <= 1.0)
 
 
+def positive_at_most(high: float):
+    """An argparse type: a number in (0, `high`]."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not 0 < value <= high:
+            raise argparse.ArgumentTypeError(f"must be in (0, {high:g}], got {value}")
+        return value
+    return parse
+
+
 def threshold_arg(text: str) -> float:
     """A --threshold value: a number in (0, 1] (the argparse type of the detect commands)."""
     try:

@@ -252,16 +252,6 @@ def write_recording(data_dir: str, split: str, seconds: float, seed: int, output
             f"{len(stream.truth) - keywords} other words) and {truth_path}")
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= 24 * 3600:
-        raise argparse.ArgumentTypeError(f"must be in (0, 86400], got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.calibrate",
                                      description=__doc__.split("\n\n")[0])
@@ -274,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     recording.add_argument("--data-dir", required=True, help="a preprocessing run")
     recording.add_argument("--split", default=contract.TEST, choices=contract.SPLITS,
                            help="the split whose clips are laid down (default test)")
-    recording.add_argument("--seconds", type=_seconds, default=120.0,
+    recording.add_argument("--seconds", type=events.positive_at_most(24 * 3600), default=120.0,
                            help="length of the recording (default 120)")
     recording.add_argument("--seed", type=int, default=0,
                            help="seeds the choice and placement of clips and noise")

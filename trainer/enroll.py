@@ -324,16 +324,6 @@ def choose_point(scorer: scoring.Scorer, generated: list, keyword: str, base: ev
 
 # --- command line --------------------------------------------------------------------------
 
-def positive_minutes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= 24 * 60:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1440], got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.enroll",
                                      description=__doc__.split("\n\n")[0])
@@ -354,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(its recordings replace that label's clips)")
     parser.add_argument("--max-false-accepts-per-hour", type=float, default=2.0,
                         help="false-accept budget of the threshold (default 2)")
-    parser.add_argument("--held-back-minutes", type=positive_minutes, default=180.0,
+    parser.add_argument("--held-back-minutes", type=events.positive_at_most(24 * 60),
+                        default=180.0,
                         metavar="MINUTES",
                         help="length of the recordings of the held-back utterances the "
                              "threshold is chosen on (default 180)")
