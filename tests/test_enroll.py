@@ -184,6 +184,16 @@ def test_the_threshold_is_the_lowest_of_equal_recalls_within_the_budget():
     assert enroll.pick_threshold(rows[:3], 0.5)["threshold"] == 0.7  # fewest false accepts
 
 
+def test_a_threshold_over_the_budget_is_said_so():
+    from trainer import enroll
+    assert enroll.over_budget_note({"threshold": 0.9, "recall": 0.8,
+                                    "false_accepts_per_hour": 2.0}, 2.0) is None
+    note = enroll.over_budget_note({"threshold": 0.99, "recall": 0.7,
+                                    "false_accepts_per_hour": 6.7}, 2.0)
+    assert note.startswith("note: no threshold keeps the held-back recordings within 2 false "
+                           "accepts per hour; the one with the fewest (6.7) is used")
+
+
 def test_the_study_benchmark_enrols_and_measures_on_other_speakers(base, tmp_path):
     """`benchmarks.enroll` started as users start it: enrolment speakers apart from test
     speakers, and the test DET point at least the recall of a point within the budget."""

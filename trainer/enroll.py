@@ -303,6 +303,17 @@ def pick_threshold(rows: list[dict], budget: float) -> dict:
                key=lambda row: row["threshold"])
 
 
+def over_budget_note(estimate: dict, budget: float) -> Optional[str]:
+    """What to tell the user when no threshold kept the held-back recordings within the
+    budget (the one with the fewest false accepts was taken); None when one did."""
+    if estimate["false_accepts_per_hour"] <= budget:
+        return None
+    return (f"note: no threshold keeps the held-back recordings within {budget:g} false "
+            f"accepts per hour; the one with the fewest ({estimate['false_accepts_per_hour']:.1f}"
+            ") is used: to this network the word sounds like some of the base run's val "
+            "words (more recordings, or a base job trained with --word-classes, may help)")
+
+
 def choose_point(scorer: scoring.Scorer, generated: list, keyword: str, base: events.Config,
                  budget: float) -> tuple[events.Config, dict]:
     """The new keyword's threshold: the highest recall on the held-back utterances within
@@ -482,6 +493,9 @@ def _enroll(args, keyword, base_labels, base_words, data_dir, utterances, found,
     estimate = chosen["estimate"]
     say(f"threshold {estimate['threshold']}: estimated recall {estimate['recall']:.2f} at "
         f"{estimate['false_accepts_per_hour']:.1f} false accepts per hour")
+    note = over_budget_note(estimate, args.max_false_accepts_per_hour)
+    if note:
+        say(note)
     return write(job_dir, model, scorer, model_name, data_dir, config, chosen, history,
                  {"keyword": keyword, "base_job": args.base_job, "data_dir": data_dir,
                   "word_classes": list(classes[len(labels):]),
