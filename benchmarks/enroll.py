@@ -125,7 +125,8 @@ def run(argv: Optional[list[str]] = None) -> dict:
                              "test recordings (default: --data-dir)")
     parser.add_argument("--max-false-accepts-per-hour", type=float, default=2.0)
     parser.add_argument("--keep-keywords", action="store_true")
-    parser.add_argument("--fine-tune", type=int, default=0)
+    parser.add_argument("--fine-tune", type=int, default=None,
+                        help="trainer.enroll's --fine-tune (default: its default)")
     parser.add_argument("--synthetic-voices", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0, help="the test recordings' seed")
     parser.add_argument("--enrol-seed", type=int, default=42,
@@ -151,7 +152,7 @@ def run(argv: Optional[list[str]] = None) -> dict:
                 continue
             job = work / f"{word}-{count}"
             flags = ["--keep-keywords"] if args.keep_keywords else []
-            if args.fine_tune:
+            if args.fine_tune is not None:
                 flags += ["--fine-tune", str(args.fine_tune)]
             if args.synthetic_voices:
                 flags += ["--synthetic-voices", str(args.synthetic_voices)]

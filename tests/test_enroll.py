@@ -231,3 +231,12 @@ def test_held_back_minutes_must_be_a_positive_length(capsys):
                                           "--job-dir", "x", "--held-back-minutes", "0"])
     assert exit_.value.code == 2
     assert "--held-back-minutes: must be in (0, 1440], got 0.0" in capsys.readouterr().err
+
+
+def test_a_negative_number_of_fine_tuning_epochs_is_refused(capsys):
+    from trainer import enroll
+    with pytest.raises(SystemExit) as exit_:
+        enroll.run(["--keyword", "hi", "--recordings", "a.wav", "--job-dir", "x",
+                    "--fine-tune", "-1"])
+    assert exit_.value.code == 2
+    assert "--fine-tune: must be 0 or more, got -1" in capsys.readouterr().err

@@ -24,8 +24,9 @@
    it starts from the base classifier's weights for them and merges them into
    `_unknown_` (`words.MergeWords`), so the new word is told from each other word, not
    from one lump. `--synthetic-voices N` adds the word said by N voices of eSpeak NG,
-   and the words that sound nearest it as negatives. `--fine-tune` then trains the whole
-   network a few epochs more.
+   and the words that sound nearest it as negatives. Then the whole network (batch
+   normalisation frozen) is trained `--fine-tune` epochs more (default 3; 0 keeps the
+   network frozen).
 4. **The operating point.** Three hours (`--held-back-minutes`) of recordings of the
    held-back utterances among the base run's val words and background noise are
    scored; the threshold is the highest recall
@@ -69,6 +70,7 @@ SYNTHETIC_REPLAYS = 8  # augmented copies of each synthetic clip
 NEAR_WORDS = 20  # words that sound near the new one, said as negatives with --synthetic-voices
 NEAR_VOICES = 8  # voice settings that say each of them
 HEAD_EPOCHS = 60
+FINE_TUNE_EPOCHS = 3  # chosen on validation recordings: docs/experiments.md
 
 
 def decode(path: str) -> np.ndarray:
@@ -360,9 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="MINUTES",
                         help="length of the recordings of the held-back utterances the "
                              "threshold is chosen on (default 180)")
-    parser.add_argument("--fine-tune", type=int, default=0, metavar="EPOCHS",
-                        help="also train the whole network this many epochs (default 0: "
-                             "the frozen network with a new classifier)")
+    parser.add_argument("--fine-tune", type=int, default=FINE_TUNE_EPOCHS, metavar="EPOCHS",
+                        help="after the new classifier, train the whole network this many "
+                             f"epochs (default {FINE_TUNE_EPOCHS}; 0: the frozen network with "
+                             "the new classifier alone)")
     parser.add_argument("--synthetic-voices", type=int, default=0, metavar="N",
                         help="also learn from the word said by N voice settings of eSpeak "
                              f"NG, and from the {NEAR_WORDS} words that sound nearest it as "
@@ -375,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Optional[list[str]] = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.fine_tune < 0:
+        parser.error(f"--fine-tune: must be 0 or more, got {args.fine_tune}")
     say = Progress()
     keyword = args.keyword.strip()
     if not keyword or keyword.startswith("_") or "/" in keyword or keyword != args.keyword:
