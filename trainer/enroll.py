@@ -313,7 +313,8 @@ def over_budget_note(estimate: dict, budget: float) -> Optional[str]:
     return (f"note: no threshold keeps the held-back recordings within {budget:g} false "
             f"accepts per hour; the one with the fewest ({estimate['false_accepts_per_hour']:.1f}"
             ") is used: to this network the word sounds like some of the base run's val "
-            "words (more recordings, or a base job trained with --word-classes, may help)")
+            "words (more recordings, or a base job that learnt more words and speakers, "
+            "may help)")
 
 
 def choose_point(scorer: scoring.Scorer, generated: list, keyword: str, base: events.Config,
