@@ -203,7 +203,8 @@ def test_the_study_benchmark_enrols_and_measures_on_other_speakers(base, tmp_pat
         [sys.executable, "-m", "benchmarks.enroll", "--base-job", str(job), "--data-dir",
          str(out), "--test-data-dir", str(out), "--words", str(tmp_path / "words"),
          "--work-dir", str(tmp_path / "work"), "--counts", "3", "--test-clips", "3",
-         "--minutes", "2", "--enrol-seed", "7"], capture_output=True, text=True, check=False)
+         "--minutes", "2", "--enrol-seed", "7", "--fine-tune", "0"], capture_output=True,
+        text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((tmp_path / "work" / "results.json").read_text())
     (row,) = results["rows"]
@@ -213,6 +214,7 @@ def test_the_study_benchmark_enrols_and_measures_on_other_speakers(base, tmp_pat
     enrolled |= {path.split("/")[-1] for path, *_ in
                  learnt["enrolment"]["held_back"]["utterances"]}
     assert len(enrolled) == 3 and learnt["settings"]["seed"] == 7
+    assert learnt["enrolment"]["fine_tune_epochs"] == 0  # the benchmark passes --fine-tune
     test, _ = study.split_speakers(study.speakers_of(tmp_path / "words" / WORD), 3)
     assert not enrolled & {path.name for path in test}  # other speakers than the test's
     assert 0.0 <= row["recall"] <= 1.0 and 0.0 <= row["test_det_recall"] <= 1.0
