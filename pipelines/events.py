@@ -97,15 +97,7 @@ def positive_at_most(high: float):
     return parse
 
 
-def threshold_arg(text: str) -> float:
-    """A --threshold value: a number in (0, 1] (the argparse type of the detect commands)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not valid_threshold(value):
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return value
+threshold_arg = positive_at_most(1.0)  # the --threshold type of the detect commands
 
 
 def config_to_dict(config: Config) -> dict:
