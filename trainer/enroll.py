@@ -45,7 +45,7 @@ import dataclasses
 import math
 import sys
 import time
-from typing import Optional
+from typing import Iterable, Iterator, Optional
 
 from pipelines.errors import import_tensorflow_quietly
 
@@ -276,10 +276,11 @@ def synthetic_speech(keyword: str, voices: int, seed: int, say) -> tuple[np.ndar
 # --- the operating point -----------------------------------------------------------------
 
 def held_streams(held: list[Utterance], keyword: str, data_dir: str, keep_keywords: bool,
-                 minutes: float, seed: int) -> list:
+                 minutes: float, seed: int) -> Iterator:
     """Recordings of the held-back utterances among the base run's val words over its
     background noise (the base keywords as other words, or as keywords with
-    `keep_keywords`)."""
+    `keep_keywords`), built one at a time as they are scored: hours of audio are never
+    all in memory at once."""
     base_keywords, unknowns = calibrate.split_clips(data_dir, contract.VAL)
     noises = calibrate.background_recordings(data_dir)
     others = list(unknowns)
@@ -289,9 +290,9 @@ def held_streams(held: list[Utterance], keyword: str, data_dir: str, keep_keywor
     else:
         others += [clip for _, clip in base_keywords]
     count = max(1, math.ceil(minutes / 10))
-    return [streams.build_stream(said, others, noises, minutes * 60 / count, seed + i,
+    return (streams.build_stream(said, others, noises, minutes * 60 / count, seed + i,
                                  unknown_percent=50 if keep_keywords else 85)
-            for i in range(count)]
+            for i in range(count))
 
 
 def pick_threshold(rows: list[dict], budget: float) -> dict:
@@ -317,12 +318,12 @@ def over_budget_note(estimate: dict, budget: float) -> Optional[str]:
             "may help)")
 
 
-def choose_point(scorer: scoring.Scorer, generated: list, keyword: str, base: events.Config,
-                 budget: float) -> tuple[events.Config, dict]:
+def choose_point(scorer: scoring.Scorer, generated: Iterable, keyword: str,
+                 base: events.Config, budget: float) -> tuple[events.Config, dict]:
     """The new keyword's threshold: the highest recall on the held-back utterances within
     `budget` false accepts per hour of its own, and of equal recalls the lowest threshold
-    (a few held-back utterances measure recall in coarse steps, an hour of other words
-    measures false accepts finely); the other keywords keep theirs."""
+    (a few held-back utterances measure recall in coarse steps, hours of other words
+    measure false accepts finely); the other keywords keep theirs."""
     scored = calibrate.score_streams(generated, scorer, base)
     rows = detection.keyword_curve(scored, scorer.labels, base, keyword)
     row = pick_threshold(rows, budget)
@@ -332,7 +333,7 @@ def choose_point(scorer: scoring.Scorer, generated: list, keyword: str, base: ev
     config = dataclasses.replace(base, thresholds=thresholds, chosen_on={
         "max_false_accepts_per_hour": budget, "hours": round(hours, 4),
         "recall": row["recall"], "false_accepts_per_hour": row["false_accepts_per_hour"],
-        "split": "held-back recordings", "streams": len(generated)})
+        "split": "held-back recordings", "streams": len(scored)})
     return config, {"det_curve": rows, "estimate": row}
 
 
