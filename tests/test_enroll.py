@@ -113,6 +113,21 @@ def test_enrolment_from_clips_makes_a_job_that_finds_the_word(base, tmp_path):
     assert predict.run(["--model-dir", str(new), str(heard[0])])[0]["label"] == WORD
 
 
+def test_the_same_seed_makes_the_same_job(base, tmp_path):
+    """Fine-tuning included (its dropout layers draw their seeds as the network loads)."""
+    job, out = base
+    recordings = said(WORD, 4, 1, tmp_path / "enrol")
+    runs = []
+    for name in ("a", "b"):
+        runs.append(enroll.run([
+            "--base-job", str(job), "--data-dir", str(out), "--keyword", WORD,
+            "--recordings", *map(str, recordings), "--job-dir", str(tmp_path / name),
+            "--held-back-minutes", "3", "--fine-tune", "1", "--no-report", "--seed", "7"]))
+    first, second = ((tmp_path / name / "history.json").read_text() for name in "ab")
+    assert "fine_tune_loss" in first and first == second
+    assert runs[0]["held_back_det_curve"] == runs[1]["held_back_det_curve"]
+
+
 def test_one_long_recording_with_the_word_said_five_times_is_enough(base, tmp_path, capsys):
     job, out = base
     clips = [wavs.read_clip(path)[0] for path in said(WORD, 5, 3, tmp_path / "five")]

@@ -440,6 +440,9 @@ def _enroll(args, keyword, base_labels, base_words, data_dir, utterances, found,
     # A model whose recipe does not augment (tutorial) replays with the default's.
     settings = recipe.augmentation or models.get_recipe(models.DEFAULT_MODEL).augmentation
     bank = data.background_bank(data_dir)
+    # Same seed, same job: the new classifier's first weights and the dropout layers'
+    # seeds (drawn as the network is loaded) come from the seeded generators.
+    keras.utils.set_random_seed(args.seed)
     net = artifacts.load_keras_model(args.base_job)
     base_classes = tuple(base_labels) + tuple(base_words)
     outputs = classifier_of(net).units
