@@ -25,7 +25,7 @@
    `_unknown_` (`words.MergeWords`), so the new word is told from each other word, not
    from one lump. `--synthetic-voices N` adds the word said by N voices of eSpeak NG,
    and the words that sound nearest it as negatives. Then the whole network (batch
-   normalisation frozen) is trained `--fine-tune` epochs more (default 3; 0 keeps the
+   normalisation frozen) is trained `--fine-tune` epochs more (default 6; 0 keeps the
    network frozen).
 4. **The operating point.** Three hours (`--held-back-minutes`) of recordings of the
    held-back utterances among the base run's val words and background noise are
@@ -70,7 +70,7 @@ SYNTHETIC_REPLAYS = 8  # augmented copies of each synthetic clip
 NEAR_WORDS = 20  # words that sound near the new one, said as negatives with --synthetic-voices
 NEAR_VOICES = 8  # voice settings that say each of them
 HEAD_EPOCHS = 60
-FINE_TUNE_EPOCHS = 3  # chosen on validation recordings: docs/experiments.md
+FINE_TUNE_EPOCHS = 6  # chosen on validation recordings: docs/experiments.md
 
 
 def decode(path: str) -> np.ndarray:
