@@ -45,13 +45,32 @@ def _not_resource_module_noise(record: logging.LogRecord) -> bool:
     return "Resource module is not available" not in record.getMessage()
 
 
+def untimed_local_data_channel() -> None:
+    """Turns off the timed flush of the local runner's data channel.
+
+    The DirectRunner's multi-process and multi-threading modes stream each bundle's
+    input to their workers over gRPC, and in the multi-threading mode the workers'
+    output back, through buffers that a timer thread flushes every second
+    (`worker_handlers.DATA_BUFFER_TIME_LIMIT_MS`). The flush hands the buffer to the send
+    queue, which blocks when full, and then clears it, while the writing thread goes on
+    writing without a lock: what it writes meanwhile is cleared unsent. With two workers,
+    large examples and a busy CPU, whole chunks of examples went missing that way
+    (docs/design.md, "Element size on the multi-process DirectRunner"). With 0 the
+    buffers are flushed only by the thread that writes them. Dataflow does not read it.
+    """
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+    worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
+
+
 def pipeline_options(beam_args: list[str]) -> PipelineOptions:
     """Beam's options from the flags a command does not define itself.
 
     A flag that is neither the command's nor any Beam pipeline option's (a misspelt
     `--treshold 0.3`) is a UserError: Beam would discard it with a log line and the run
-    would go on without it.
+    would go on without it. Also turns off the local runner's timed flush
+    (`untimed_local_data_channel`).
     """
+    untimed_local_data_channel()
     # The multi-process DirectRunner forwards each worker's start-up warnings (no
     # semi-persistent directory, the runner's own flags discarded): noise on every run.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(
