@@ -2,7 +2,7 @@
 
     python -m benchmarks.enroll --base-job JOB --data-dir OUT --words WORDS --work-dir W \\
         [--counts 3 5 10 20] [--keep-keywords] [--fine-tune N] [--synthetic-voices N] \\
-        [--test-data-dir OUT] [--enrol-seed 42]
+        [--test-data-dir OUT] [--enrol-seed 42] [--held-back-minutes 180]
 
 WORDS holds a folder of clips per word the base job was not trained on (WORDS/<word>/,
 names `<speaker>_nohash_<n>` or `<word>_<speaker>_nohash_<n>`). For each word its
@@ -128,6 +128,8 @@ def run(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--fine-tune", type=int, default=None,
                         help="trainer.enroll's --fine-tune (default: its default)")
     parser.add_argument("--synthetic-voices", type=int, default=0)
+    parser.add_argument("--held-back-minutes", type=float, default=None,
+                        help="trainer.enroll's --held-back-minutes (default: its default)")
     parser.add_argument("--seed", type=int, default=0, help="the test recordings' seed")
     parser.add_argument("--enrol-seed", type=int, default=42,
                         help="trainer.enroll's --seed (augmentation and training)")
@@ -156,6 +158,8 @@ def run(argv: Optional[list[str]] = None) -> dict:
                 flags += ["--fine-tune", str(args.fine_tune)]
             if args.synthetic_voices:
                 flags += ["--synthetic-voices", str(args.synthetic_voices)]
+            if args.held_back_minutes is not None:
+                flags += ["--held-back-minutes", f"{args.held_back_minutes:g}"]
             chosen = pick(enrol, count)
             enrolled = enroll.run(["--base-job", args.base_job, "--data-dir", args.data_dir,
                                    "--keyword", word, "--recordings", *map(str, chosen),

@@ -138,7 +138,8 @@ def test_one_long_recording_with_the_word_said_five_times_is_enough(base, tmp_pa
     metrics = enroll.run(["--base-job", str(job), "--data-dir", str(out), "--keyword", WORD,
                           "--recordings", str(long_recording), "--job-dir",
                           str(tmp_path / "new"), "--keep-keywords", "--no-report",
-                          "--synthetic-voices", "6"])
+                          "--synthetic-voices", "6", "--fine-tune", "1",
+                          "--held-back-minutes", "10"])
     assert len(metrics["enrolment"]["recordings"][0]["utterances"]) == 5
     assert metrics["enrolment"]["synthetic_voices"] == 6
     said_line = next(line for line in capsys.readouterr().out.splitlines()
@@ -218,8 +219,8 @@ def test_the_study_benchmark_enrols_and_measures_on_other_speakers(base, tmp_pat
         [sys.executable, "-m", "benchmarks.enroll", "--base-job", str(job), "--data-dir",
          str(out), "--test-data-dir", str(out), "--words", str(tmp_path / "words"),
          "--work-dir", str(tmp_path / "work"), "--counts", "3", "--test-clips", "3",
-         "--minutes", "2", "--enrol-seed", "7", "--fine-tune", "0"], capture_output=True,
-        text=True, check=False)
+         "--minutes", "2", "--enrol-seed", "7", "--fine-tune", "0", "--held-back-minutes",
+         "5"], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((tmp_path / "work" / "results.json").read_text())
     (row,) = results["rows"]
@@ -230,6 +231,7 @@ def test_the_study_benchmark_enrols_and_measures_on_other_speakers(base, tmp_pat
                  learnt["enrolment"]["held_back"]["utterances"]}
     assert len(enrolled) == 3 and learnt["settings"]["seed"] == 7
     assert learnt["enrolment"]["fine_tune_epochs"] == 0  # the benchmark passes --fine-tune
+    assert learnt["operating_point"]["chosen_on"]["hours"] == round(5 / 60, 4)  # and this
     test, _ = study.split_speakers(study.speakers_of(tmp_path / "words" / WORD), 3)
     assert not enrolled & {path.name for path in test}  # other speakers than the test's
     assert 0.0 <= row["recall"] <= 1.0 and 0.0 <= row["test_det_recall"] <= 1.0
