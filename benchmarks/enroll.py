@@ -128,7 +128,7 @@ def run(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--fine-tune", type=int, default=None,
                         help="trainer.enroll's --fine-tune (default: its default)")
     parser.add_argument("--synthetic-voices", type=int, default=0)
-    parser.add_argument("--held-back-minutes", type=float, default=None,
+    parser.add_argument("--held-back-minutes", type=enroll.held_back_minutes, default=None,
                         help="trainer.enroll's --held-back-minutes (default: its default)")
     parser.add_argument("--seed", type=int, default=0, help="the test recordings' seed")
     parser.add_argument("--enrol-seed", type=int, default=42,

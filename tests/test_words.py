@@ -163,7 +163,8 @@ def test_a_run_with_word_classes_is_a_job_like_any_other(data_dir, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "trainer.enroll", "--base-job", str(job), "--keyword", "up",
          "--recordings", *map(str, wavs.sample_clips("up", 4)), "--job-dir", str(enrolled),
-         "--no-report", "--fine-tune", "1", "--held-back-minutes", "5"], capture_output=True, text=True, check=False)
+         "--no-report", "--fine-tune", "1", "--held-back-minutes", "5"],
+        capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "other words are classes of their own in the new classifier" in done.stdout
     settings = json.loads((enrolled / "metrics.json").read_text())["settings"]

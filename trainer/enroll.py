@@ -71,6 +71,7 @@ NEAR_WORDS = 20  # words that sound near the new one, said as negatives with --s
 NEAR_VOICES = 8  # voice settings that say each of them
 HEAD_EPOCHS = 60
 FINE_TUNE_EPOCHS = 6  # chosen on validation recordings: docs/experiments.md
+held_back_minutes = events.positive_at_most(24 * 60)  # the --held-back-minutes type
 
 
 def decode(path: str) -> np.ndarray:
@@ -359,8 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(its recordings replace that label's clips)")
     parser.add_argument("--max-false-accepts-per-hour", type=float, default=2.0,
                         help="false-accept budget of the threshold (default 2)")
-    parser.add_argument("--held-back-minutes", type=events.positive_at_most(24 * 60),
-                        default=180.0,
+    parser.add_argument("--held-back-minutes", type=held_back_minutes, default=180.0,
                         metavar="MINUTES",
                         help="length of the recordings of the held-back utterances the "
                              "threshold is chosen on (default 180)")
