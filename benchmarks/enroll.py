@@ -12,8 +12,8 @@ clips of enrolment speakers (one per speaker first) go to `trainer.enroll`; the 
 makes is measured on `--minutes` of test recordings: the word said by the test speakers
 (a third of the words), the base run's test-split keywords and other words, over its
 background noise. Recall of the word, and its false accepts per hour (its events
-anywhere else); with `--keep-keywords` also the recall of the base keywords, against
-the base job's on the same recordings. Prints a row per word and count and the mean per
+anywhere else); with `--keep-keywords` also the recall and false accepts per hour of
+the base keywords, against the base job's on the same recordings. Prints a row per word and count and the mean per
 count; writes W/results.json. Where enrolment speakers' clips are left over (not
 given to `trainer.enroll`), the job is also measured on them among the val split's
 words: a validation figure, for choosing how to enrol without the test recordings.
@@ -89,7 +89,8 @@ def test_streams(word: str, clips: list, data_dir: str, minutes: float, seed: in
 
 def measure(scorer: scoring.Scorer, generated: list, word: str,
             base_keywords: list[str], budget: float) -> dict:
-    """The word's recall and false accepts per hour, and the base keywords' recall."""
+    """The word's recall and false accepts per hour, and the base keywords' recall and
+    false accepts per hour (their events anywhere else, the new word included)."""
     config = scoring.read_config(scorer)
     scored = calibrate.score_streams(generated, scorer, config)
     result = {}
@@ -106,6 +107,7 @@ def measure(scorer: scoring.Scorer, generated: list, word: str,
         metrics = detection.evaluate(scored, scorer.labels, detection.only(config, kept))
         said = metrics["recall_per_keyword"]
         result["base_keywords_recall"] = statistics.fmean(said.get(k, 0.0) for k in kept)
+        result["base_keywords_false_accepts_per_hour"] = metrics["false_accepts_per_hour"]
     return result
 
 
@@ -183,6 +185,8 @@ def run(argv: Optional[list[str]] = None) -> dict:
                             "val_false_accepts_per_hour": found["false_accepts_per_hour"]})
             if base:
                 row["base_job_keywords_recall"] = base["base_keywords_recall"]
+                row["base_job_keywords_false_accepts_per_hour"] = \
+                    base["base_keywords_false_accepts_per_hour"]
             results.append(row)
             print(f"{word:6s} {count:3d} recordings: recall {row['recall']:.3f}, "
                   f"{row['false_accepts_per_hour']:.1f} false accepts per hour (test DET at "
@@ -191,8 +195,11 @@ def run(argv: Optional[list[str]] = None) -> dict:
                   f"{row['estimate']['false_accepts_per_hour']:.1f})"
                   + (f"; val ({len(rest)} clips): recall {row['val_recall']:.3f}, "
                      f"{row['val_false_accepts_per_hour']:.1f}" if rest else "")
-                  + (f"; base keywords recall {row['base_keywords_recall']:.3f} against the "
-                     f"base job's {row['base_job_keywords_recall']:.3f}" if base else ""),
+                  + (f"; base keywords recall {row['base_keywords_recall']:.3f} at "
+                     f"{row['base_keywords_false_accepts_per_hour']:.1f} against the base "
+                     f"job's {row['base_job_keywords_recall']:.3f} at "
+                     f"{row['base_job_keywords_false_accepts_per_hour']:.1f}"
+                     if base else ""),
                   flush=True)
     summary = {}
     for count in args.counts:
@@ -201,7 +208,9 @@ def run(argv: Optional[list[str]] = None) -> dict:
             continue
         summary[count] = {key: statistics.fmean(row[key] for row in rows)
                           for key in ("recall", "false_accepts_per_hour", "test_det_recall")
-                          + (("base_keywords_recall", "base_job_keywords_recall")
+                          + (("base_keywords_recall", "base_keywords_false_accepts_per_hour",
+                              "base_job_keywords_recall",
+                              "base_job_keywords_false_accepts_per_hour")
                              if args.keep_keywords else ())}
         summary[count]["words"] = len(rows)
         valued = [row for row in rows if "val_recall" in row]
@@ -216,7 +225,12 @@ def run(argv: Optional[list[str]] = None) -> dict:
                   f"; val, {summary[count]['val_words']} words: recall "
                   f"{summary[count]['val_recall']:.3f}, "
                   f"{summary[count]['val_false_accepts_per_hour']:.1f}"
-                  if valued else ""))
+                  if valued else "")
+              + (f"; base keywords {summary[count]['base_keywords_recall']:.3f} at "
+                 f"{summary[count]['base_keywords_false_accepts_per_hour']:.1f} against the "
+                 f"base job's {summary[count]['base_job_keywords_recall']:.3f} at "
+                 f"{summary[count]['base_job_keywords_false_accepts_per_hour']:.1f}"
+                 if args.keep_keywords else ""))
     (work / "results.json").write_text(json.dumps({"rows": results, "mean": summary},
                                                   indent=2) + "\n")
     return {"rows": results, "mean": summary}

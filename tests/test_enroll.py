@@ -3,6 +3,7 @@ recordings it cannot use."""
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -220,7 +221,7 @@ def test_the_study_benchmark_enrols_and_measures_on_other_speakers(base, tmp_pat
          str(out), "--test-data-dir", str(out), "--words", str(tmp_path / "words"),
          "--work-dir", str(tmp_path / "work"), "--counts", "3", "--test-clips", "3",
          "--minutes", "2", "--enrol-seed", "7", "--fine-tune", "0", "--held-back-minutes",
-         "5"], capture_output=True, text=True, check=False)
+         "5", "--keep-keywords"], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((tmp_path / "work" / "results.json").read_text())
     (row,) = results["rows"]
@@ -241,6 +242,13 @@ def test_the_study_benchmark_enrols_and_measures_on_other_speakers(base, tmp_pat
     # The 2 clips neither test nor enrolment speakers said are its validation figure.
     assert row["val_clips"] == 2 and 0.0 <= row["val_recall"] <= 1.0
     assert results["mean"]["3"]["val_words"] == 1
+    # --keep-keywords: the base keywords measured in the new job and in the base job.
+    for key in ("base_keywords", "base_job_keywords"):
+        assert 0.0 <= row[f"{key}_recall"] <= 1.0
+        assert row[f"{key}_false_accepts_per_hour"] >= 0.0
+        assert results["mean"]["3"][f"{key}_recall"] == row[f"{key}_recall"]
+    assert re.search(r"; base keywords recall [01]\.\d{3} at \d", done.stdout)
+    assert re.search(r"; base keywords [01]\.\d{3} at \d", done.stdout)  # the mean
 
 
 def test_held_back_minutes_must_be_a_positive_length(capsys):
