@@ -141,6 +141,27 @@ def test_metrics_count_duplicates_unknowns_and_wrong_labels_as_false_accepts():
     assert metrics["recall_per_keyword"] == {"no": 0.5, "yes": 1.0}
 
 
+def test_a_curve_of_some_keywords_pools_their_recall_and_counts_their_events_alone():
+    truth = [Truth("yes", 2000.0, 3000.0), Truth("no", 6000.0, 7000.0),
+             Truth("no", 10_000.0, 11_000.0)]
+    unsmoothed = dataclasses.replace(CONFIG, smoothing=1)
+    samples = 30 * RATE
+    probabilities = oracle_probabilities(samples, truth, unsmoothed, spikes=[(20.0, "yes", 0.8)])
+    starts = np.arange(len(probabilities)) * unsmoothed.hop / RATE
+    weak = (probabilities[:, LABELS.index("no")] > 0.9) & (starts > 8)  # the second "no"
+    assert weak.any()
+    probabilities[weak, LABELS.index("no")] = 0.55
+    probabilities[weak, LABELS.index("_unknown_")] = 0.45
+    scored = [detection.ScoredStream(probabilities, samples, truth)]
+    per_hour = 3600 / 30
+    no = detection.keywords_curve(scored, LABELS, unsmoothed, {"no"}, [0.5, 0.9])
+    assert [(r["recall"], r["false_accepts_per_hour"]) for r in no] == [(1.0, 0.0), (0.5, 0.0)]
+    assert detection.keyword_curve(scored, LABELS, unsmoothed, "no", [0.5, 0.9]) == no
+    both = detection.keywords_curve(scored, LABELS, unsmoothed, {"no", "yes"}, [0.5, 0.9])
+    assert [r["recall"] for r in both] == [1.0, pytest.approx(2 / 3)]  # 3 said, pooled
+    assert [r["false_accepts_per_hour"] for r in both] == [pytest.approx(per_hour), 0.0]
+
+
 def test_operating_point_is_chosen_above_the_false_alarms():
     rng = np.random.default_rng(5)
     scored = []

@@ -16,7 +16,7 @@ from pipelines import contract, preprocess
 from pipelines.errors import UserError
 from tests import wavs
 from pipelines import synthesize
-from trainer import detect, enroll, predict, scoring, streams, utterances
+from trainer import detect, detection, enroll, predict, scoring, streams, utterances
 
 RATE = contract.SAMPLE_RATE
 WORD = "seven"  # a word the base job never heard: said by eSpeak NG's voices here
@@ -143,14 +143,29 @@ def test_one_long_recording_with_the_word_said_five_times_is_enough(base, tmp_pa
                           "--held-back-minutes", "10"])
     assert len(metrics["enrolment"]["recordings"][0]["utterances"]) == 5
     assert metrics["enrolment"]["synthetic_voices"] == 6
-    said_line = next(line for line in capsys.readouterr().out.splitlines()
-                     if "synthetic speech" in line)
+    out = capsys.readouterr().out
+    said_line = next(line for line in out.splitlines() if "synthetic speech" in line)
     assert f"{WORD!r} said by 6 voices" in said_line
     near = said_line.split("(", 1)[1].rstrip(")").split(", ")
     assert len(near) == enroll.NEAR_WORDS and WORD not in near
     assert metrics["enrolment"]["held_back"]["by"] == "utterance"
     assert metrics["labels"] == ["_silence_", "_unknown_", "down", "go", "left", "no",
                                  "right", "seven", "stop", "up", "yes"]
+    # The base keywords share one threshold, chosen again on the held-back recordings
+    # within the base job's budget, as the base job chose theirs.
+    point = metrics["operating_point"]
+    again = point["chosen_on"]["kept_keywords"]
+    base_point = json.loads((pathlib.Path(job) / "export" / "detection.json").read_text())
+    assert again["max_false_accepts_per_hour"] == \
+        base_point["chosen_on"]["max_false_accepts_per_hour"]
+    assert {k: v for k, v in point["thresholds"].items() if k != WORD} == {
+        k: again["threshold"] for k in base_point["thresholds"]}
+    curve = metrics["kept_keywords_det_curve"]
+    assert again == {"max_false_accepts_per_hour": again["max_false_accepts_per_hour"],
+                     **detection.best_row(curve, again["max_false_accepts_per_hour"])}
+    assert "the base keywords' threshold" in out
+    over = again["false_accepts_per_hour"] > again["max_false_accepts_per_hour"]
+    assert ("note: no threshold keeps the base keywords within" in out) == over
 
 
 def test_recordings_it_cannot_use_are_named_and_too_few_refused(base, tmp_path, capsys):

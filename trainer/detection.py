@@ -135,13 +135,24 @@ def keyword_curve(scored: Sequence[ScoredStream], labels: Sequence[str], config:
                   keyword: str, thresholds: Sequence[float] = THRESHOLD_GRID) -> list[dict]:
     """One keyword's recall and false accepts per hour at each of `thresholds` (its own
     events alone; the other keywords are silenced)."""
+    return keywords_curve(scored, labels, config, {keyword}, thresholds)
+
+
+def keywords_curve(scored: Sequence[ScoredStream], labels: Sequence[str], config: Config,
+                   keywords: Collection[str],
+                   thresholds: Sequence[float] = THRESHOLD_GRID) -> list[dict]:
+    """Some keywords' recall (of all their utterances together) and false accepts per
+    hour with one threshold for them at each of `thresholds` (their events alone; the
+    other keywords are silenced)."""
+    keywords = set(keywords)
+    said = sum(spoken.label in keywords for stream in scored for spoken in stream.truth)
     rows = []
     for threshold in thresholds:
-        trial = dataclasses.replace(config, thresholds={**config.thresholds,
-                                                        keyword: float(threshold)})
-        metrics = evaluate(scored, labels, only(trial, {keyword}))
+        trial = dataclasses.replace(config, thresholds={
+            **config.thresholds, **{keyword: float(threshold) for keyword in keywords}})
+        metrics = evaluate(scored, labels, only(trial, keywords))
         rows.append({"threshold": float(threshold),
-                     "recall": metrics["recall_per_keyword"].get(keyword, 0.0),
+                     "recall": metrics["hits"] / said if said else 0.0,
                      "false_accepts_per_hour": metrics["false_accepts_per_hour"]})
     return rows
 

@@ -45,7 +45,7 @@ import dataclasses
 import math
 import sys
 import time
-from typing import Iterable, Iterator, Optional
+from typing import Collection, Iterable, Iterator, Optional
 
 from pipelines.errors import import_tensorflow_quietly
 
@@ -320,22 +320,37 @@ def over_budget_note(estimate: dict, budget: float) -> Optional[str]:
 
 
 def choose_point(scorer: scoring.Scorer, generated: Iterable, keyword: str,
-                 base: events.Config, budget: float) -> tuple[events.Config, dict]:
+                 base: events.Config, budget: float, kept: Collection[str] = (),
+                 kept_budget: float = detection.MAX_FALSE_ACCEPTS_PER_HOUR,
+                 ) -> tuple[events.Config, dict]:
     """The new keyword's threshold: the highest recall on the held-back utterances within
     `budget` false accepts per hour of its own, and of equal recalls the lowest threshold
     (a few held-back utterances measure recall in coarse steps, hours of other words
-    measure false accepts finely); the other keywords keep theirs."""
+    measure false accepts finely).
+
+    The base keywords `kept` (with --keep-keywords) get one threshold chosen again on the
+    same recordings, as the base job chose theirs: the highest recall of their own within
+    `kept_budget` (the base job's budget). The new network's scores are not the base
+    network's, and at the base job's threshold they fired several times as often.
+    """
     scored = calibrate.score_streams(generated, scorer, base)
     rows = detection.keyword_curve(scored, scorer.labels, base, keyword)
     row = pick_threshold(rows, budget)
     thresholds = dict(base.thresholds)
     thresholds[keyword] = row["threshold"]
     hours = sum(s.num_samples for s in scored) / contract.SAMPLE_RATE / 3600
-    config = dataclasses.replace(base, thresholds=thresholds, chosen_on={
-        "max_false_accepts_per_hour": budget, "hours": round(hours, 4),
-        "recall": row["recall"], "false_accepts_per_hour": row["false_accepts_per_hour"],
-        "split": "held-back recordings", "streams": len(scored)})
-    return config, {"det_curve": rows, "estimate": row}
+    chosen_on = {"max_false_accepts_per_hour": budget, "hours": round(hours, 4),
+                 "recall": row["recall"], "false_accepts_per_hour": row["false_accepts_per_hour"],
+                 "split": "held-back recordings", "streams": len(scored)}
+    chosen = {"det_curve": rows, "estimate": row}
+    if kept:
+        kept_rows = detection.keywords_curve(scored, scorer.labels, base, kept)
+        kept_row = detection.best_row(kept_rows, kept_budget)
+        thresholds.update({label: kept_row["threshold"] for label in kept})
+        chosen_on["kept_keywords"] = {"max_false_accepts_per_hour": kept_budget, **kept_row}
+        chosen.update(kept_det_curve=kept_rows, kept_estimate=kept_row)
+    config = dataclasses.replace(base, thresholds=thresholds, chosen_on=chosen_on)
+    return config, chosen
 
 
 # --- command line --------------------------------------------------------------------------
@@ -490,7 +505,9 @@ def _enroll(args, keyword, base_labels, base_words, data_dir, utterances, found,
     base_config = events.default_config(labels)
     text, stored, _ = pipeline_scoring.read_operating_point(
         contract.find_export(args.base_job), base_labels, None)
+    kept_budget = detection.MAX_FALSE_ACCEPTS_PER_HOUR
     if text is not None:  # the base job's smoothing, and its keywords' thresholds
+        kept_budget = (stored.chosen_on or {}).get("max_false_accepts_per_hour", kept_budget)
         base_config = dataclasses.replace(stored, thresholds={
             **{k: v for k, v in stored.thresholds.items() if k in base_config.thresholds},
             keyword: events.DEFAULT_THRESHOLD}, chosen_on=None)
@@ -498,11 +515,23 @@ def _enroll(args, keyword, base_labels, base_words, data_dir, utterances, found,
         "held-back utterances among the base run's val words")
     generated = held_streams(held, keyword, data_dir, args.keep_keywords,
                              args.held_back_minutes, args.seed)
+    kept_keywords = [label for label in events.keywords_of(base_labels)
+                     if label != keyword] if args.keep_keywords else []
     config, chosen = choose_point(scorer, generated, keyword, base_config,
-                                  args.max_false_accepts_per_hour)
+                                  args.max_false_accepts_per_hour, kept_keywords, kept_budget)
     estimate = chosen["estimate"]
     say(f"threshold {estimate['threshold']}: estimated recall {estimate['recall']:.2f} at "
         f"{estimate['false_accepts_per_hour']:.1f} false accepts per hour")
+    if kept_keywords:
+        again = chosen["kept_estimate"]
+        say(f"the base keywords' threshold {again['threshold']}: estimated recall "
+            f"{again['recall']:.2f} at {again['false_accepts_per_hour']:.1f} false accepts "
+            f"per hour (the base job's budget: {kept_budget:g})")
+        if again["false_accepts_per_hour"] > kept_budget:
+            say(f"note: no threshold keeps the base keywords within {kept_budget:g} false "
+                "accepts per hour on the held-back recordings; the one with the fewest is "
+                "used: the new network tells them apart less well than the base job "
+                "(without --keep-keywords, the base job still detects them on its own)")
     note = over_budget_note(estimate, args.max_false_accepts_per_hour)
     if note:
         say(note)
@@ -542,7 +571,9 @@ def write(job_dir, model, scorer, model_name, data_dir, config, chosen, history,
                      "word_classes": enrolment["word_classes"] or None},
         "export_dir": export_dir, "enrolment": enrolment,
         "operating_point": events.config_to_dict(config),
-        "estimate": chosen["estimate"], "held_back_det_curve": chosen["det_curve"]}
+        "estimate": chosen["estimate"], "held_back_det_curve": chosen["det_curve"],
+        **({"kept_keywords_det_curve": chosen["kept_det_curve"]}
+           if "kept_det_curve" in chosen else {})}
     writer.write_json(f"{job_dir}/metrics.json", metrics)
     writer.write_json(f"{job_dir}/history.json", history)
     if args.report:
