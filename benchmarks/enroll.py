@@ -14,9 +14,10 @@ makes is measured on `--minutes` of test recordings: the word said by the test s
 background noise. Recall of the word, and its false accepts per hour (its events
 anywhere else); with `--keep-keywords` also the recall and false accepts per hour of
 the base keywords, against the base job's on the same recordings. Prints a row per word
-and count and the mean per count; writes W/results.json. Where enrolment speakers' clips are left over (not
-given to `trainer.enroll`), the job is also measured on them among the val split's
-words: a validation figure, for choosing how to enrol without the test recordings.
+and count and the mean per count; writes W/results.json. Where enrolment speakers'
+clips are left over (not given to `trainer.enroll`), the job is also measured on them
+among the val split's words: a validation figure, for choosing how to enrol without the
+test recordings.
 """
 
 from __future__ import annotations

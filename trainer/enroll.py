@@ -507,7 +507,10 @@ def _enroll(args, keyword, base_labels, base_words, data_dir, utterances, found,
         contract.find_export(args.base_job), base_labels, None)
     kept_budget = detection.MAX_FALSE_ACCEPTS_PER_HOUR
     if text is not None:  # the base job's smoothing, and its keywords' thresholds
-        kept_budget = (stored.chosen_on or {}).get("max_false_accepts_per_hour", kept_budget)
+        stored_budget = (stored.chosen_on or {}).get("max_false_accepts_per_hour")
+        if isinstance(stored_budget, (int, float)) and not isinstance(stored_budget, bool) \
+                and stored_budget > 0:
+            kept_budget = float(stored_budget)
         base_config = dataclasses.replace(stored, thresholds={
             **{k: v for k, v in stored.thresholds.items() if k in base_config.thresholds},
             keyword: events.DEFAULT_THRESHOLD}, chosen_on=None)
