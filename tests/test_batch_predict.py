@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from pipelines import predict as batch_predict, preprocess
+from pipelines import claim, predict as batch_predict, preprocess
 from tests import wavs
 from trainer import predict, task
 
@@ -121,7 +121,10 @@ def test_a_rerun_into_the_same_output_replaces_only_the_earlier_results(
 
 def test_two_runs_started_together_into_one_output_one_lands_whole(job_dir, tmp_path):
     """Two `python -m pipelines.predict` into the same --output at the same time: one is
-    refused in one line naming the other, which writes every clip's line."""
+    refused in one line, the other writes every clip's line. The refusal names the other
+    run while it writes, or the output it left once it has finished (which of the two
+    depends on how the processes are scheduled; while a run holds the folder, the
+    refusal names it)."""
     audio = wavs.copy_sample(tmp_path / "audio", ["yes", "no"], per_label=20)
     out = tmp_path / "predictions"
     command = [sys.executable, "-m", "pipelines.predict", "--input", f"{audio}/**/*.wav",
@@ -132,7 +135,18 @@ def test_two_runs_started_together_into_one_output_one_lands_whole(job_dir, tmp_
     codes = sorted(code for code, _, _ in results)
     assert codes == [0, 2], [err[-2000:] for _, _, err in results]
     refused = next(err for code, _, err in results if code == 2).strip().splitlines()
-    assert "python -m pipelines.predict (process" in refused[-1]
-    assert "is writing here" in refused[-1]
+    assert (("python -m pipelines.predict (process" in refused[-1]
+             and "is writing here" in refused[-1])
+            or refused[-1].startswith(f"error: {out}: already holds the output")), refused
     assert len(read_jsonl(out, "predictions-*.jsonl")) == 40
     assert not (out / ".run-claim.json").exists()
+
+    held = tmp_path / "held"
+    with claim.Claim(str(held), "python -m pipelines.predict"):
+        done = subprocess.run([*command[:-1], str(held)], cwd=wavs.REPO, capture_output=True,
+                              text=True, timeout=300, check=False)
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert f"python -m pipelines.predict (process {os.getpid()} on" in line
+    assert "is writing here" in line
+    assert list(held.iterdir()) == []  # nothing written; the test's claim released

@@ -187,7 +187,10 @@ def test_two_runs_into_one_output_and_a_run_stopped_by_ctrl_c(inputs, tmp_path):
     results = [(run.wait(timeout=300), *run.communicate()) for run in runs]
     assert sorted(code for code, _, _ in results) == [0, 2], [e[-2000:] for *_, e in results]
     refused = next(err for code, _, err in results if code == 2).strip().splitlines()[-1]
-    assert "python -m pipelines.detect (process" in refused and "is writing here" in refused
+    # The other run named while it writes, or its output once it has finished (how the
+    # processes are scheduled decides; tests/test_batch_predict.py holds a claim itself).
+    assert (("python -m pipelines.detect (process" in refused and "is writing here" in refused)
+            or refused.startswith(f"error: {output}: already holds the output")), refused
     shards = list(output.glob("events-*.jsonl"))
     # Four keywords in each of long.wav, long_44k.wav and long_gsm.wav.
     assert sum(len(shard.read_text().splitlines()) for shard in shards) == 12
