@@ -105,11 +105,25 @@ def run_cli(function: Callable, argv: Optional[list[str]] = None) -> int:
         if received is None:
             raise
         if received == signal.SIGTERM:
-            print("terminated (SIGTERM)", file=sys.stderr)
+            last_line("terminated (SIGTERM)")
             return 143
-        print("interrupted", file=sys.stderr)
+        last_line("interrupted")
         return 130
     return 0
+
+
+def last_line(text: str) -> None:
+    """Prints `text` on stderr as the process's last line: file descriptor 2 is muted
+    after it, so that what C++ threads print while the process ends (TensorFlow's
+    collectives aborting as their peers go, say) does not bury it.
+    KWS_TF_STARTUP_LOGS=1 keeps it open."""
+    print(text, file=sys.stderr)
+    sys.stderr.flush()
+    if os.environ.get("KWS_TF_STARTUP_LOGS"):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
 
 
 @contextlib.contextmanager
