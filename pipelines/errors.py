@@ -118,31 +118,31 @@ def last_line(text: str) -> None:
     collectives aborting as their peers go, say) does not bury it.
     KWS_TF_STARTUP_LOGS=1 keeps it open."""
     print(text, file=sys.stderr)
-    sys.stderr.flush()
-    if os.environ.get("KWS_TF_STARTUP_LOGS"):
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    os.close(devnull)
+    _mute_stderr()
 
 
 @contextlib.contextmanager
 def quiet_stderr() -> Iterator[None]:
     """Mutes file descriptor 2 (what C++ libraries print) for the block; Python
     exceptions still propagate. KWS_TF_STARTUP_LOGS=1 keeps it open."""
-    if os.environ.get("KWS_TF_STARTUP_LOGS"):
-        yield
-        return
-    sys.stderr.flush()
     saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(devnull, 2)
+        _mute_stderr()
         yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-        os.close(devnull)
+
+
+def _mute_stderr() -> None:
+    """Flushes sys.stderr and points file descriptor 2 at the null device, unless
+    KWS_TF_STARTUP_LOGS=1."""
+    if os.environ.get("KWS_TF_STARTUP_LOGS"):
+        return
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
 
 
 def import_tensorflow_quietly() -> None:
